@@ -1,0 +1,143 @@
+"""Synthetic hyperspheres: n labelled points of intrinsic dimension d embedded in R^p.
+
+Used by: train.py (training shards, held-out evaluation), intrinsic.py (estimate-id).
+
+Generative model (README, "Data"):
+  centres  mu_c ~ uniform on the unit sphere S^d in R^(d+1), c = 1..categories
+  point i  c_i ~ uniform category;  u_i = normalise(mu_c + spread * z / sqrt(d+1)),  z ~ N(0, I)
+  linear     x_i = Q u_i                                Q: p x (d+1), orthonormal columns
+  nonlinear  x_i = Q [u_i, sqrt(2/k) sin(3 W u_i + b)]  W: k x (d+1) Gaussian, Q: p x (d+1+k)
+  noise      x_i += noise / sqrt(p) * N(0, I_p)
+
+Point i depends on (seed, i) alone: points are made in chunks of CHUNK consecutive indices, each
+from its own generator, so any process can make any index range directly, without making or
+holding the rest. The data set's random draws are deterministic for a seed and a device type.
+Points n, n+1, ... follow the training set and serve as the held-out evaluation set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Tuple
+
+import torch
+
+from .config import DataConfig
+
+CHUNK = 64
+
+
+def _stream_seed(seed: int, stream: int, index: int) -> int:
+    # Disjoint integer seeds per (seed, stream, index); torch's generators decorrelate them.
+    return (seed * 2_654_435_761 + stream * 1_000_000_007 + index) % (2**63 - 1)
+
+
+class Hypersphere:
+    def __init__(self, cfg: DataConfig, seed: int, device: torch.device | str = "cpu"):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        d1 = cfg.d + 1
+        # The global parameters come from a CPU generator so they match on every device.
+        g = torch.Generator().manual_seed(_stream_seed(seed, 0, 0))
+        centres = torch.randn(cfg.categories, d1, generator=g, dtype=torch.float64)
+        self.centres = (centres / centres.norm(dim=1, keepdim=True)).float().to(self.device)
+        features = d1
+        if cfg.embedding == "nonlinear":
+            self.sine_dim = min(d1, cfg.p - d1)
+            features += self.sine_dim
+            self.sine_w = (3.0 * torch.randn(self.sine_dim, d1, generator=g)).to(self.device)
+            self.sine_b = (2 * math.pi * torch.rand(self.sine_dim, generator=g)).to(self.device)
+        q, _ = torch.linalg.qr(torch.randn(cfg.p, features, generator=g, dtype=torch.float64))
+        self.basis = q.float().T.contiguous().to(self.device)  # features x p, orthonormal rows
+
+    @property
+    def p(self) -> int:
+        return self.cfg.p
+
+    def _chunk(self, chunk: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        g = torch.Generator(device=self.device).manual_seed(_stream_seed(self.seed, 1, chunk))
+        labels = torch.randint(cfg.categories, (CHUNK,), generator=g, device=self.device)
+        z = torch.randn(CHUNK, cfg.d + 1, generator=g, device=self.device)
+        noise = None
+        if cfg.noise > 0:
+            noise = torch.randn(CHUNK, cfg.p, generator=g, device=self.device)
+        return labels, z, noise
+
+    def _embed(self, u: torch.Tensor) -> torch.Tensor:
+        if self.cfg.embedding == "nonlinear":
+            wiggle = math.sqrt(2.0 / self.sine_dim) * torch.sin(u @ self.sine_w.T + self.sine_b)
+            u = torch.cat([u, wiggle], dim=1)
+        return u @ self.basis
+
+    def rows(self, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Points and labels at the given indices (any order, any range), made on the fly."""
+        index = index.to(self.device)
+        chunks, which = torch.unique(torch.div(index, CHUNK, rounding_mode="floor"), return_inverse=True)
+        offset = index % CHUNK
+        parts = [self._chunk(c) for c in chunks.tolist()]
+        labels = torch.stack([p[0] for p in parts])[which, offset]
+        z = torch.stack([p[1] for p in parts])[which, offset]
+        centre = self.centres[labels]
+        u = centre + (self.cfg.spread / math.sqrt(self.cfg.d + 1)) * z
+        u = u / u.norm(dim=1, keepdim=True)
+        x = self._embed(u)
+        if self.cfg.noise > 0:
+            noise = torch.stack([p[2] for p in parts])[which, offset]
+            x = x + (self.cfg.noise / math.sqrt(self.cfg.p)) * noise
+        return x, labels
+
+    def range(self, start: int, stop: int, block: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Points start..stop-1, made block by block."""
+        xs, ys = [], []
+        for lo in range(start, stop, block):
+            x, y = self.rows(torch.arange(lo, min(stop, lo + block), device=self.device))
+            xs.append(x)
+            ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
+
+    def heldout(self, queries: int, gallery: int):
+        """Evaluation points that follow the n training points: (queries, gallery), each (x, labels)."""
+        n = self.cfg.n
+        return self.range(n, n + queries), self.range(n + queries, n + queries + gallery)
+
+
+class ShardLoader:
+    """One rank's batches: the global batch at each step is batch_size x world points, and rank r
+    takes its slice, so the data a step sees does not depend on how it is split across ranks.
+
+    A data set up to cache_gb is made once and indexed (a full random permutation every epoch);
+    a larger one is made on the fly, every step only the rank's own points, in an order of
+    shuffled CHUNK-point chunks, so no process ever holds it whole.
+    """
+
+    def __init__(self, data: Hypersphere, batch_size: int, rank: int, world: int):
+        cfg = data.cfg
+        self.data, self.batch_size, self.rank, self.world = data, batch_size, rank, world
+        self.steps_per_epoch = cfg.n // (batch_size * world)
+        self.cached = cfg.n * cfg.p * 4 <= cfg.cache_gb * 2**30
+        self.points = data.range(0, cfg.n)[0] if self.cached else None
+        self._batch = None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = self.data.cfg.n
+        g = torch.Generator().manual_seed(_stream_seed(self.data.seed, 2, epoch))
+        if self.cached:
+            return torch.randperm(n, generator=g)
+        chunks = torch.randperm(-(-n // CHUNK), generator=g)
+        order = (chunks[:, None] * CHUNK + torch.arange(CHUNK)).flatten()
+        return order[order < n]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+        device = self.data.device
+        order = self.order(epoch).to(device)
+        global_batch = self.batch_size * self.world
+        for step in range(start_step, self.steps_per_epoch):
+            lo = step * global_batch + self.rank * self.batch_size
+            index = order[lo:lo + self.batch_size]
+            if self.cached:
+                # One reused buffer: no allocation per step.
+                if self._batch is None:
+                    self._batch = torch.empty(self.batch_size, self.data.p, device=device)
+                yield torch.index_select(self.points, 0, index, out=self._batch)
+            else:
+                yield self.data.rows(index)[0]

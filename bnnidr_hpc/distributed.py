@@ -1,0 +1,149 @@
+"""Where this process stands: rank, world, device, Slurm job. Every environment variable about
+ranks, devices and Slurm is read here, once, into one frozen `DistInfo`; training sees only that.
+
+Used by: cli.py (`run`, `run --gpus N`), launch.py (Slurm jobs through submitit), train.py.
+
+Sources, first match wins:
+  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT   torchrun, `run --gpus N`, submitit
+      (launch.py calls submitit.helpers.TorchDistributedEnvironment().export() before training)
+  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  plain srun tasks
+  nothing                                                      one process, rank 0 of 1
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    hostname: str = ""
+    slurm_job_id: Optional[str] = None
+    slurm_restart_count: int = 0
+    timeout_s: int = DEFAULT_TIMEOUT_S
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int(env, *names, default: int) -> int:
+    for name in names:
+        if env.get(name):
+            return int(env[name])
+    return default
+
+
+def describe(env: Optional[dict] = None) -> DistInfo:
+    env = dict(os.environ if env is None else env)
+    job = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    common = dict(
+        hostname=socket.gethostname(),
+        slurm_job_id=job or env.get("SLURM_JOB_ID"),
+        slurm_restart_count=_int(env, "SLURM_RESTART_COUNT", default=0),
+        timeout_s=_int(env, "BNNIDR_DIST_TIMEOUT_S", default=DEFAULT_TIMEOUT_S),
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=_int(env, "MASTER_PORT", default=29500),
+    )
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                        local_rank=_int(env, "LOCAL_RANK", default=0), **common)
+    if "SLURM_PROCID" in env and _int(env, "SLURM_NTASKS", default=1) > 1:
+        return DistInfo(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                        local_rank=_int(env, "SLURM_LOCALID", default=0), **common)
+    return DistInfo(**common)
+
+
+def pick_device(info: DistInfo, wanted: str = "auto") -> torch.device:
+    """One GPU per rank (its local rank) when GPUs are present, else the CPU."""
+    if wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is visible")
+    return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    """Join the process group: NCCL bound to this rank's GPU, or gloo on the CPU. A rank that is
+    lost makes the others fail after info.timeout_s instead of hanging the job."""
+    if not info.distributed or dist.is_initialized():
+        return
+    kwargs = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        kwargs["device_id"] = device
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://{info.master_addr}:{info.master_port}",
+        rank=info.rank, world_size=info.world_size,
+        timeout=timedelta(seconds=info.timeout_s), **kwargs)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation of every rank's t (equal shapes), rank order; no gradient."""
+    if not dist.is_initialized():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.rows = t.shape[0]
+        return all_gather(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        lo = dist.get_rank() * ctx.rows
+        return grad[lo:lo + ctx.rows]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    return _GatherWithGrad.apply(t) if dist.is_initialized() else t
+
+
+def gather_floats(values: List[float], device: torch.device) -> List[List[float]]:
+    """Every rank's list of floats (same length), for per-rank timings."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    return all_gather(t[None]).tolist()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,144 @@
+"""The Reducer: an MLP from input_dim (= data.p) to output_dim, deterministic or Bayesian.
+
+Used by: train.py; config.py (parameter names, to check optimizer patterns before a run).
+
+Hidden layer i (1..nlayers):  h_i = act_i(BN(W_i h_{i-1} + v_i + skip_i)),  h_0 = the input.
+Output layer (nlayers + 1):   y = W_o h_nlayers + v_o + skip_o.
+skip_steps = k >= 2 adds to layer j's pre-activation the output of hidden layer j - k (the lab's
+"a skip value of 2 means layer 1 is fully connected to layer 3, and 2 to 4"): the identity where
+the sizes agree, a learned linear projection where they differ.
+
+bayesian = true makes every W and v (skip projections too) a random variable with a mean-field
+Gaussian posterior N(mu, softplus(rho)^2) and prior N(0, prior_sigma^2). Training draws one
+sample per step by the reparameterisation trick (w = mu + sigma * eps); `kl()` is the closed-form
+KL(posterior || prior). In eval mode the model uses the posterior mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BayesConfig, Config
+
+ACTIVATION_MODULES = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+class BayesLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bayes: BayesConfig, bias: bool = True):
+        super().__init__()
+        self.prior_sigma = bayes.prior_sigma
+        rho = math.log(math.expm1(bayes.init_sigma))  # softplus(rho) = init_sigma
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_rho = nn.Parameter(torch.full((out_features, in_features), rho))
+        nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))  # as nn.Linear
+        if bias:
+            bound = 1 / math.sqrt(in_features)
+            self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+            self.bias_rho = nn.Parameter(torch.full((out_features,), rho))
+        else:
+            self.register_parameter("bias_mu", None)
+            self.register_parameter("bias_rho", None)
+
+    def _pairs(self):
+        yield self.weight_mu, self.weight_rho
+        if self.bias_mu is not None:
+            yield self.bias_mu, self.bias_rho
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + F.softplus(self.weight_rho) * torch.randn_like(self.weight_mu)
+        bias = None
+        if self.bias_mu is not None:
+            bias = self.bias_mu + F.softplus(self.bias_rho) * torch.randn_like(self.bias_mu)
+        return F.linear(x, weight, bias)
+
+    def kl(self) -> torch.Tensor:
+        total = 0.0
+        log_prior = math.log(self.prior_sigma)
+        for mu, rho in self._pairs():
+            sigma = F.softplus(rho)
+            total = total + (log_prior - torch.log(sigma)
+                             + (sigma**2 + mu**2) / (2 * self.prior_sigma**2) - 0.5).sum()
+        return total
+
+
+def _linear(c: Config, n_in: int, n_out: int, bias: bool = True) -> nn.Module:
+    return BayesLinear(n_in, n_out, c.bayes, bias) if c.bayesian else nn.Linear(n_in, n_out, bias)
+
+
+class Reducer(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        sizes: List[int] = [c.input_dim] + c.hidden_sizes()
+        self.skip_steps = c.skip_steps
+        self.hidden = nn.ModuleList()
+        for i, act in enumerate(c.activations()):
+            layer = nn.Module()
+            layer.linear = _linear(c, sizes[i], sizes[i + 1])
+            layer.norm = nn.BatchNorm1d(sizes[i + 1]) if c.batch_norm else nn.Identity()
+            layer.act = ACTIVATION_MODULES[act]()
+            self.hidden.append(layer)
+        self.output = _linear(c, sizes[-1], c.output_dim)
+        all_sizes = sizes + [c.output_dim]
+        # skips[str(j)] feeds hidden layer j - k into layer j (1-based; j = nlayers + 1 is the output).
+        self.skips = nn.ModuleDict()
+        if self.skip_steps:
+            for j in range(self.skip_steps + 1, len(all_sizes)):
+                src, dst = all_sizes[j - self.skip_steps], all_sizes[j]
+                self.skips[str(j)] = nn.Identity() if src == dst else _linear(c, src, dst, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [x]
+        for j, layer in enumerate(self.hidden, start=1):
+            pre = layer.linear(outs[-1])
+            if str(j) in self.skips:
+                pre = pre + self.skips[str(j)](outs[j - self.skip_steps])
+            outs.append(layer.act(layer.norm(pre)))
+        y = self.output(outs[-1])
+        j = len(self.hidden) + 1
+        if str(j) in self.skips:
+            y = y + self.skips[str(j)](outs[j - self.skip_steps])
+        return y
+
+    def bayes_layers(self) -> List[BayesLinear]:
+        return [m for m in self.modules() if isinstance(m, BayesLinear)]
+
+    def kl(self) -> torch.Tensor:
+        layers = self.bayes_layers()
+        if not layers:
+            return torch.zeros(())
+        return sum(m.kl() for m in layers)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, mc_samples: int = 1) -> torch.Tensor:
+        """Evaluation output: deterministic, the posterior mean, or the mean of posterior samples."""
+        was = self.training
+        self.eval()
+        try:
+            if mc_samples <= 1 or not self.bayes_layers():
+                return self(x)
+            for m in self.bayes_layers():
+                m.training = True
+            return torch.stack([self(x) for _ in range(mc_samples)]).mean(0)
+        finally:
+            self.train(was)
+
+
+def parameter_names(c: Config) -> List[str]:
+    with torch.device("meta"):
+        return [name for name, _ in Reducer(c).named_parameters()]
