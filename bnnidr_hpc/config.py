@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -154,6 +154,39 @@ class RunConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Slurm resources for `bnnidr-hpc submit`: a profile conf/cluster/NAME.yaml, chosen with
+    cluster=NAME. None of these change the trained result.
+
+    Args:
+        name: the profile's name.
+        partition, account, qos, constraint: passed to sbatch when set.
+        gres_gpus: ask Slurm for num_gpu GPUs per node (false: CPU-only partitions, gloo ranks).
+        cpus_per_task: CPU cores per rank (data generation and the loader run there).
+        mem_gb: memory per node (None: the partition's default).
+        timeout_min: the job's time limit; the job checkpoints and requeues itself before it.
+        signal_delay_s: Slurm sends the warning signal (USR2) this long before the time limit.
+        max_requeues: times a job may requeue itself after a time-out or preemption.
+        setup: shell lines run before the ranks start (module load ..., export NCCL_...=...).
+        sbatch: further sbatch options, e.g. {exclusive: true, mail-type: END}.
+    """
+
+    name: str = "local"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    gres_gpus: bool = True
+    cpus_per_task: int = 1
+    mem_gb: Optional[float] = None
+    timeout_min: int = 60
+    signal_delay_s: int = 90
+    max_requeues: int = 3
+    setup: List[str] = field(default_factory=list)
+    sbatch: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """A reducer training run; the names follow the lab notes (../shared/lab-notes.txt)."""
 
@@ -173,11 +206,17 @@ class Config:
     weight_decay: float = 0.0
     lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optimizers: List[OptimizerConfig] = field(default_factory=lambda: [OptimizerConfig()])
-    num_gpu: int = 1  # ranks: GPUs, or gloo CPU processes without a GPU
+    num_gpu: int = 1  # ranks per node: one per GPU, or gloo CPU processes without a GPU
+    num_nodes: int = 1  # nodes; the world size is num_nodes * num_gpu
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.num_gpu
 
     @property
     def input_dim(self) -> int:
@@ -223,6 +262,14 @@ def compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
             raise ConfigError(f"config: no such file {config_path!r} (give a YAML file, e.g. conf/hps_00040.yaml)")
         _check_yaml(path)
         conf_dir, name = str(path.resolve().parent), path.stem
+    # cluster=NAME picks the profile conf/cluster/NAME.yaml (a Hydra group merged onto the schema).
+    for o in overrides:
+        if o.startswith("cluster="):
+            profiles = sorted(p.stem for p in Path(conf_dir, "cluster").glob("*.yaml"))
+            if o.split("=", 1)[1] not in profiles:
+                raise ConfigError(f"config: cluster={o.split('=', 1)[1]!r} is not allowed: a profile in "
+                                  f"{conf_dir}/cluster/, one of {', '.join(profiles) or '(none there)'}")
+    overrides = [f"+{o}" if o.startswith("cluster=") else o for o in overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
@@ -355,12 +402,12 @@ def validate(c: Config) -> None:
     if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
         _fail("skip_steps", c.skip_steps, f"0 (none) or 2..nlayers={c.nlayers} (1 is the plain connection)")
 
-    for key in ("batch_size", "max_epochs", "num_gpu", "seed"):
+    for key in ("batch_size", "max_epochs", "num_gpu", "num_nodes", "seed"):
         (_non_negative if key == "seed" else _positive)(key, getattr(c, key))
-    global_batch = c.batch_size * c.num_gpu
+    global_batch = c.batch_size * c.world_size
     if global_batch > data.n:
-        _fail("batch_size", c.batch_size,
-              f"batch_size x num_gpu = {global_batch} exceeds data.n={data.n}; at most {data.n // c.num_gpu}")
+        _fail("batch_size", c.batch_size, f"batch_size x world size {c.world_size} = {global_batch} exceeds "
+              f"data.n={data.n}; at most {data.n // c.world_size}")
     _positive("learning_rate", c.learning_rate, float)
     _non_negative("weight_decay", c.weight_decay)
     _check_schedule("lr_schedule", c.lr_schedule)
@@ -387,6 +434,12 @@ def validate(c: Config) -> None:
     if c.run.device not in DEVICES:
         _fail("run.device", c.run.device, f"one of {', '.join(DEVICES)}")
     _non_negative("run.threads", c.run.threads)
+    cl = c.cluster
+    for key in ("cpus_per_task", "timeout_min", "signal_delay_s"):
+        _positive(f"cluster.{key}", getattr(cl, key))
+    _non_negative("cluster.max_requeues", cl.max_requeues)
+    if cl.mem_gb is not None:
+        _positive("cluster.mem_gb", cl.mem_gb, float)
     validate_optimizer_patterns(c)
 
 
@@ -433,9 +486,10 @@ def to_yaml(c: Config) -> str:
 
 
 def config_hash(c: Config) -> str:
-    """Short hash of everything that changes the result (all but the `run` group and eval.block)."""
+    """Short hash of everything that changes the result (all but `run`, `cluster` and eval.block)."""
     values = to_dict(c)
     values.pop("run")
+    values.pop("cluster")
     values["eval"].pop("block")
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
@@ -444,4 +498,4 @@ def config_hash(c: Config) -> str:
 def run_dir_for(c: Config) -> Path:
     """The one place a run's directory is decided: ROOT/NAME-HASH."""
     name = c.run.name or "default"
-    return Path(c.run.root) / f"{name}-{config_hash(c)}"
+    return Path(c.run.root).resolve() / f"{name}-{config_hash(c)}"

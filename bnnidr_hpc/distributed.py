@@ -34,6 +34,7 @@ class DistInfo:
     hostname: str = ""
     slurm_job_id: Optional[str] = None
     slurm_restart_count: int = 0
+    cpus_per_task: int = 0  # cores Slurm gave each rank (0: not under Slurm)
     timeout_s: int = DEFAULT_TIMEOUT_S
 
     @property
@@ -59,6 +60,7 @@ def describe(env: Optional[dict] = None) -> DistInfo:
         hostname=socket.gethostname(),
         slurm_job_id=job or env.get("SLURM_JOB_ID"),
         slurm_restart_count=_int(env, "SLURM_RESTART_COUNT", default=0),
+        cpus_per_task=_int(env, "SLURM_CPUS_PER_TASK", default=0),
         timeout_s=_int(env, "BNNIDR_DIST_TIMEOUT_S", default=DEFAULT_TIMEOUT_S),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=_int(env, "MASTER_PORT", default=29500),
@@ -97,9 +99,15 @@ def init(info: DistInfo, device: torch.device) -> None:
         timeout=timedelta(seconds=info.timeout_s), **kwargs)
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
+    """Leave the process group; `together` waits for every rank first (gloo aborts a rank that tears
+    down while another still talks to it), which a failing rank skips so it cannot hang."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if together:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

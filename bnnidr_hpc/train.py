@@ -12,6 +12,7 @@ import fnmatch
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -126,13 +127,18 @@ def train(c: Config, run_dir: Path, info: Optional[DistInfo] = None,
     started = time.time()
     process_started = records.process_start_time()
     device = distributed.pick_device(info, c.run.device)
-    if c.run.threads:
-        torch.set_num_threads(c.run.threads)
+    # One thread per core the rank owns: more would oversubscribe the cores and spin-wait.
+    threads = c.run.threads or info.cpus_per_task
+    if threads:
+        torch.set_num_threads(threads)
     distributed.init(info, device)
     try:
-        return _train(c, Path(run_dir), info, device, started, process_started, stop_requested)
-    finally:
-        distributed.shutdown()
+        record = _train(c, Path(run_dir), info, device, started, process_started, stop_requested)
+    except BaseException:
+        distributed.shutdown(together=False)
+        raise
+    distributed.shutdown()
+    return record
 
 
 def _train(c, run_dir, info, device, started, process_started, stop_requested) -> dict:
@@ -313,7 +319,9 @@ def _tensorboard(run_dir: Path, model: Reducer, c: Config, device, first_start: 
         # The graph is traced in eval mode, where a Bayesian layer is its posterior mean.
         was = model.training
         model.eval()
-        writer.add_graph(model, torch.zeros(2, c.input_dim, device=device))
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, deprecated in torch 2.9+
+            warnings.simplefilter("ignore", DeprecationWarning)
+            writer.add_graph(model, torch.zeros(2, c.input_dim, device=device))
         model.train(was)
     return writer
 

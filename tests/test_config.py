@@ -1,0 +1,92 @@
+import subprocess
+import sys
+
+import pytest
+
+from bnnidr_hpc import cli
+from bnnidr_hpc.config import ConfigError, load, run_dir_for
+from conftest import CONF
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_composes_and_validates(path):
+    c = load(str(path), [])
+    assert c.run.name == path.stem
+    assert c.input_dim == c.data.p  # derived, never set
+
+
+def test_lab_configs_hold_the_lab_values():
+    c = load(str(CONF / "hps_00040.yaml"), [])
+    assert (c.data.n, c.data.p, c.data.d, c.batch_size) == (2000, 128, 5, 50)
+    c = load(str(CONF / "hps_00043.yaml"), [])
+    assert (c.data.n, c.data.p, c.data.d, c.batch_size, c.max_epochs) == (20000, 1024, 50, 500, 50)
+    c = load(str(CONF / "imagenet_scale.yaml"), [])
+    assert (c.data.n, c.data.p, c.data.d) == (1_300_000, 1536, 50)
+    c = load(str(CONF / "bnnidr_00047.yaml"), [])
+    assert (c.learning_rate, c.lr_schedule.name, c.lr_schedule.step_size, c.lr_schedule.gamma) == (1e-2, "step", 50, 0.9)
+
+
+def test_overrides_and_lists():
+    c = load(None, ["nlayers=3", "layer_size=[16,32,16]", "act_funcs=[gelu,tanh,identity]", "data.p=64"])
+    assert c.hidden_sizes() == [16, 32, 16]
+    assert c.activations() == ["gelu", "tanh", "identity"]
+    assert load(None, ["layer_size=48", "nlayers=3"]).hidden_sizes() == [48, 48, 48]
+
+
+def test_run_dir_hash_ignores_run_group_only():
+    a, b = load(None, ["run.root=/x"]), load(None, ["run.root=/x", "run.progress=false"])
+    assert run_dir_for(a) == run_dir_for(b)
+    assert run_dir_for(a) != run_dir_for(load(None, ["run.root=/x", "seed=1"]))
+
+
+BAD = [
+    (["data.n=0"], "data.n=0", "positive"),
+    (["nlayers=-1"], "nlayers=-1", "positive"),
+    (["nlayers=3", "layer_size=[64,64]"], "layer_size=[64, 64]", "one entry per hidden layer"),
+    (["act_funcs=swish"], "act_funcs='swish'", "relu, leaky_relu, gelu"),
+    (["act_funcs=[relu,bogus]"], "act_funcs[1]='bogus'", "one of"),
+    (["optimizers.0.name=rmsprop"], "optimizers[0].name='rmsprop'", "sgd, adam, adamw"),
+    (["lr_schedule.name=linear"], "lr_schedule.name='linear'", "none, step, cosine"),
+    (["output_dim=128"], "output_dim=128", "smaller than the input dimension data.p=128"),
+    (["data.d=128"], "data.d=128", "smaller than data.p=128"),
+    (["optimizers.0.params=nothing*"], "optimizers[0].params='nothing*'", "matches no parameter"),
+    (["optimizers=[{name:sgd,params:'*'},{name:adam,params:'output.*'}]"], "optimizers[1].params='output.*'",
+     "already owned by optimizers[0]"),
+    (["optimizers=[{name:sgd,params:'hidden.*'}]"], "optimizers=", "belong to no optimizer"),
+    (["batch_size=2001"], "batch_size=2001", "exceeds data.n=2000"),
+    (["batch_size=1500", "num_gpu=2"], "batch_size=1500", "at most 1000"),
+    (["skip_steps=1"], "skip_steps=1", "0 (none) or 2.."),
+    (["foo=1"], "unknown key 'foo'", "batch_size"),
+    (["data.foo=1"], "unknown key 'data.foo'", "n, p, d"),
+    (["max_epochs=abc"], "max_epochs", "could not be converted to Integer"),
+]
+
+
+@pytest.mark.parametrize("overrides,names,allowed", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_values_exit_2_with_one_line(overrides, names, allowed, tmp_path, capsys):
+    code = cli.main(["run", str(CONF / "hps_00040.yaml"), f"run.root={tmp_path / 'runs'}", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and names in err and allowed in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unparsable_yaml_and_unknown_yaml_key(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("defaults: [bnnidr_schema, _self_]\ndata:\n  n: [1,\n")
+    assert cli.main(["run", str(broken)]) == 2
+    assert "does not parse as YAML" in capsys.readouterr().err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("defaults: [bnnidr_schema, _self_]\nbatchsize: 3\n")
+    assert cli.main(["run", str(typo)]) == 2
+    assert "unknown key 'batchsize'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no such file"):
+        load(str(tmp_path / "missing.yaml"), [])
+
+
+def test_cli_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.cli", "run", "act_funcs=swish",
+                           f"run.root={tmp_path}"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from bnnidr_hpc.metrics import mean_average_precision, squared_distances, stress, stress_rows, total_squared_distance
+
+
+def _sklearn_map(q, ql, g, gl):
+    aps = []
+    for i in range(len(q)):
+        rel = (gl == ql[i]).astype(int)
+        if rel.sum():
+            aps.append(average_precision_score(rel, -np.linalg.norm(g - q[i], axis=1)))
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("block", [7, 1024])
+def test_map_matches_scikit_learn(block):
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(50, 6, generator=g), torch.randn(300, 6, generator=g)
+    ql, gl = torch.randint(4, (50,), generator=g), torch.randint(4, (300,), generator=g)
+    ql[0] = 9  # a query with no relevant item is left out, as in sklearn's undefined AP
+    ours = mean_average_precision(q, ql, gal, gl, block=block)
+    assert ours == pytest.approx(_sklearn_map(q.numpy(), ql.numpy(), gal.numpy(), gl.numpy()), abs=1e-5)
+
+
+def test_perfect_and_chance_retrieval():
+    labels = torch.arange(10).repeat_interleave(20)
+    x = labels[:, None].float() * 100 + torch.randn(200, 3)
+    assert mean_average_precision(x, labels, x, labels) == pytest.approx(1.0)
+
+
+def test_distances_and_total():
+    x = torch.randn(40, 9, dtype=torch.float64)
+    assert torch.allclose(squared_distances(x, x), torch.cdist(x, x) ** 2, atol=1e-9)
+    assert total_squared_distance(x).item() == pytest.approx((torch.cdist(x, x) ** 2).sum().item(), rel=1e-5)
+
+
+def test_stress_is_zero_for_an_isometry_and_positive_otherwise():
+    x = torch.randn(64, 16)
+    rot, _ = torch.linalg.qr(torch.randn(16, 16))
+    assert stress(x @ rot, x).item() < 1e-5
+    assert stress(x[:, :4], x).item() > 0.1
+    # normalised: scaling inputs and outputs together leaves it unchanged
+    y = torch.randn(64, 4)
+    assert stress(3 * y, 3 * x).item() == pytest.approx(stress(y, x).item(), rel=1e-4)
+
+
+def test_rows_split_over_ranks_add_up_to_the_whole():
+    x, y = torch.randn(40, 12), torch.randn(40, 3)
+    whole = stress(y, x)
+    parts = sum(stress_rows(y[r * 10:(r + 1) * 10], y, x[r * 10:(r + 1) * 10], x, r * 10) for r in range(4))
+    assert parts.item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_stress_gradient_is_finite_with_duplicate_points():
+    x = torch.randn(8, 5)
+    x[1] = x[0]
+    y = torch.randn(8, 2, requires_grad=True)
+    stress(y, x).backward()
+    assert torch.isfinite(y.grad).all()

@@ -1,0 +1,154 @@
+import json
+
+import pytest
+import torch
+
+from bnnidr_hpc import cli, records
+from bnnidr_hpc.config import run_dir_for
+from bnnidr_hpc.train import Optimizers, lr_factor, train
+from bnnidr_hpc.model import Reducer
+
+METRICS = ("final_loss", "ap_in", "ap_out", "ap_retention")
+
+
+def test_tiny_run_writes_a_complete_run_directory(tiny):
+    c = tiny("run.graph=true")
+    rd = run_dir_for(c)
+    rec = train(c, rd)
+    assert rec["status"] == "completed" and rec["epochs_done"] == 3
+    on_disk = json.loads((rd / "record.json").read_text())
+    assert on_disk["final_loss"] == rec["final_loss"]
+    for key in ("n", "p", "d", "batch_size", "world_size", "devices", "epoch_seconds", "total_seconds",
+                "time_to_first_step_s", "samples_per_s", "final_loss", "ap_in", "ap_out", "status",
+                "versions", "git", "slurm_job_id", "config"):
+        assert key in on_disk, key
+    assert (on_disk["n"], on_disk["p"], on_disk["d"], on_disk["world_size"]) == (256, 32, 3, 1)
+    assert on_disk["steps_per_epoch"] == 256 // 32
+    assert len(on_disk["epoch_seconds"]) == 3 and on_disk["samples_per_s"] > 0
+    assert 0 < on_disk["ap_in"] <= 1 and 0 < on_disk["ap_out"] <= 1
+    assert on_disk["versions"]["torch"] == torch.__version__
+    assert (rd / "config.yaml").read_text().count("batch_size: 32") == 1
+    assert len((rd / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (rd / "checkpoint.pt").exists()
+    assert not list(rd.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_training_reduces_the_loss_and_keeps_ap(tiny):
+    c = tiny("max_epochs=15", "learning_rate=1e-2")
+    rec = train(c, run_dir_for(c))
+    losses = [e["loss"] for e in rec["epochs"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert rec["ap_retention"] > 0.9
+
+
+def test_same_seed_gives_identical_metrics(tiny, tmp_path):
+    a = train(tiny(), tmp_path / "a")
+    b = train(tiny(), tmp_path / "b")
+    assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
+    assert all(a[k] == b[k] for k in METRICS)
+    c = train(tiny("seed=1"), tmp_path / "c")
+    assert c["final_loss"] != a["final_loss"]
+
+
+def test_tensorboard_holds_scalars_hparams_and_graph_for_bayesian_skip_model(tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    c = tiny("bayesian=true", "nlayers=3", "skip_steps=2", "run.graph=true")
+    rd = run_dir_for(c)
+    rec = train(c, rd)
+    assert rec["epochs"][-1]["kl"] > 0  # the KL term is part of the Bayesian loss
+    assert rec["final_loss"] == pytest.approx(rec["epochs"][-1]["stress"] + rec["epochs"][-1]["kl"])
+    acc = EventAccumulator(str(rd / "tb")).Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("loss/train", "loss/kl", "ap/reduced", "ap/retention", "lr/optimizer0", "perf/samples_per_s",
+                "perf/epoch_seconds"):
+        assert tag in tags
+    assert [s.step for s in acc.Scalars("loss/train")] == [1, 2, 3]
+    assert acc.Graph() is not None
+    assert (rd / "tb" / "hparams").is_dir()
+
+
+def test_two_optimizers_each_update_only_their_own_parameters(tiny):
+    c = tiny("optimizers=[{name:sgd,params:'hidden.*',lr:0.05},{name:adam,params:'output.*',lr:1e-3}]")
+    torch.manual_seed(0)
+    m = Reducer(c)
+    opts = Optimizers(c, m)
+    groups = [{id(p) for g in o.param_groups for p in g["params"]} for o, _, _ in opts.items]
+    assert groups[0].isdisjoint(groups[1]) and len(groups[0] | groups[1]) == len(list(m.parameters()))
+    assert [type(o).__name__ for o, _, _ in opts.items] == ["SGD", "Adam"]
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m(torch.randn(8, 32)).square().sum().backward()
+    opts.items[0][0].step()  # only the SGD step
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n in before if n.startswith("hidden.")}
+
+
+def test_step_schedule_changes_lr_on_schedule(tiny):
+    c = tiny("max_epochs=6", "learning_rate=0.01", "lr_schedule.name=step", "lr_schedule.step_size=2",
+             "lr_schedule.gamma=0.5")
+    rec = train(c, run_dir_for(c))
+    assert [e["lr"][0] for e in rec["epochs"]] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
+
+
+def test_schedules():
+    from bnnidr_hpc.config import ScheduleConfig as S
+
+    assert lr_factor(S(name="step", step_size=50, gamma=0.9), 120, 200) == pytest.approx(0.81)
+    assert lr_factor(S(name="cosine"), 0, 10) == 1 and lr_factor(S(name="cosine"), 10, 10) == pytest.approx(0)
+    assert lr_factor(S(name="cosine", min_factor=0.1), 5, 10) == pytest.approx(0.55)
+    assert lr_factor(S(name="none", warmup_epochs=2), 0.5, 10) == pytest.approx(0.25)
+    assert lr_factor(S(name="none", warmup_epochs=2), 3, 10) == 1
+
+
+def test_per_optimizer_schedule_and_weight_decay(tiny):
+    c = tiny("weight_decay=0.01", "optimizers=[{name:sgd,params:'hidden.*',schedule:{name:step,step_size:1,gamma:0.5}},"
+             "{name:adamw,params:'output.*',weight_decay:0.1}]")
+    m = Reducer(c)
+    opts = Optimizers(c, m)
+    assert [o.param_groups[0]["weight_decay"] for o, _, _ in opts.items] == [0.01, 0.1]
+    assert opts.set_lr(2.0) == pytest.approx([c.learning_rate * 0.25, c.learning_rate])
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
+    straight = train(tiny("bayesian=true"), tmp_path / "straight")
+    calls = {"n": 0}
+
+    def stop_after_11_steps():
+        calls["n"] += 1
+        return calls["n"] == 11  # mid-epoch 2 (8 steps per epoch)
+
+    first = train(tiny("bayesian=true"), tmp_path / "resumed", stop_requested=stop_after_11_steps)
+    assert first["status"] == "interrupted" and first["epochs_done"] == 1
+    resumed = train(tiny("bayesian=true"), tmp_path / "resumed")
+    assert resumed["status"] == "completed" and resumed["restarts"] == 1
+    assert resumed["seconds_lost"] >= 0
+    for key in METRICS:
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+    assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-6)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "record.json"
+    records.write_json(path, {"status": "completed"})
+
+    def explode(f):
+        f.write("{half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        records.atomic_write(path, explode)
+    assert json.loads(path.read_text()) == {"status": "completed"}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_cli_run_reports_a_completed_run_instead_of_rerunning(tmp_path, capsys):
+    from conftest import TINY
+
+    args = ["run", *TINY, f"run.root={tmp_path}"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("completed: ") and "AP in" in out
+    assert cli.main(args) == 0
+    assert "already completed" in capsys.readouterr().out
+    assert cli.main(args + ["--force"]) == 0
+    assert len(list(tmp_path.glob("*.replaced-*"))) == 1
