@@ -284,7 +284,11 @@ def compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
 
 
 def _builtin_conf_dir() -> str:
-    # An empty folder is enough: the default config is the schema itself, in the ConfigStore.
+    """Where the built-in default looks for groups (cluster/): the checkout's conf/ when there is
+    one; else an empty folder, since the default config itself is the schema in the ConfigStore."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    if checkout.is_dir():
+        return str(checkout)
     path = Path(__file__).parent / "_conf"
     path.mkdir(exist_ok=True)
     return str(path)

@@ -16,7 +16,6 @@ the requeued job resumes. A job the user cancelled is not requeued.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -30,8 +29,6 @@ from . import distributed, records
 from .config import Config, run_dir_for
 from .distributed import DistInfo
 from .train import train
-
-log = logging.getLogger("bnnidr_hpc.launch")
 
 JOB_FILE = "job.json"  # written by submit into the run directory: job id, log paths, resources
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -118,9 +115,11 @@ class SlurmJob:
             _mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
                                              f"(cluster.max_requeues={self.config.cluster.max_requeues})")
             return
-        state = job_state(job)
-        if state.get("JobState") == "CANCELLED":
-            log.warning("job %s was cancelled: not requeued; resubmit to resume", job)
+        # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
+        # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
+        state = job_state(job).get("JobState")
+        if state != "RUNNING":
+            print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
             return
         print(f"bnnidr-hpc: requeueing job {job} (restart {record['restarts'] + 1})", file=sys.stderr, flush=True)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, preexec_fn=_ignore_sigterm)

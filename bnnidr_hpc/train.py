@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -159,7 +160,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     state = _load_checkpoint(checkpoint_path, model, optimizers, device)
     if state is None:
         state = {"epoch": 0, "step": 0, "stress_sum": 0.0, "kl_sum": 0.0, "history": [],
-                 "ap_in": None, "restarts": 0, "seconds_lost": 0.0, "train_seconds_done": 0.0}
+                 "ap_in": None, "restarts": 0, "seconds_lost": 0.0, "seconds_before": 0.0}
     else:
         state["restarts"] += 1
         # Time lost: from the interruption to this restart (requeue, queueing, start-up).
@@ -213,6 +214,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
             if _should_stop(stop_requested, step, world, device):
                 partial = distributed.all_reduce_sum(torch.stack([stress_sum, kl_sum / world]).double())
                 state.update(epoch=epoch, step=step + 1, interrupted_at=time.time(),
+                             seconds_before=state["seconds_before"] + time.time() - process_started,
                              stress_sum=state["stress_sum"] + partial[0].item(),
                              kl_sum=state["kl_sum"] + partial[1].item())
                 interrupted = True
@@ -254,6 +256,9 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
             progress.update(1)
             progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=_fmt(entry["ap"]),
                                  samples_per_s=f"{entry['samples_per_s']:.0f}")
+        elif main and c.run.progress:  # not a terminal (a Slurm log): one plain line per epoch
+            print(f"epoch {epoch + 1}/{c.max_epochs} loss {entry['loss']:.4f} AP {_fmt(entry['ap'])} "
+                  f"{entry['samples_per_s']:.0f} samples/s {entry['epoch_seconds']:.2f} s", flush=True)
 
     if progress is not None:
         progress.close()
@@ -287,7 +292,7 @@ def _fmt(value) -> str:
 
 
 def _progress(c: Config, main: bool, start_epoch: int):
-    if not (main and c.run.progress):
+    if not (main and c.run.progress and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 
@@ -400,7 +405,7 @@ def _update_record(record: dict, state: dict, c: Config, global_batch: int, step
         (epoch_seconds[0] if epoch_seconds else None),
         "slowest_rank_seconds": max((max(h["rank_epoch_seconds"]) for h in history), default=None),
         "train_seconds": sum(epoch_seconds),
-        "total_seconds": now - process_started,
+        "total_seconds": state["seconds_before"] + now - process_started,  # over every restart
         "session_seconds": now - started,
         "samples_per_s": samples_per_s,
         "samples_per_s_per_gpu": None if samples_per_s is None else samples_per_s / record["world_size"],

@@ -90,3 +90,18 @@ def test_cli_exit_code_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_submit_without_slurm_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    code = cli.main(["submit", str(CONF / "hps_00040.yaml"), f"run.root={tmp_path / 'runs'}", "--gpus", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no Slurm on this machine" in err and "bnnidr-hpc run" in err and "--local" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "cluster").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_cluster_profile_composes(path):
+    c = load(str(CONF / "hps_00040.yaml"), [f"cluster={path.stem}"])
+    assert c.cluster.name == path.stem
