@@ -90,7 +90,8 @@ if [ $changed = 1 ]; then
     running "$pid" && kill "$(cat "$pid")" && sleep 1 || true
   done
 fi
-running "$DIR/run/slurmctld.pid" || slurmctld -f "$CONF"
+# A fresh controller forgets earlier jobs (-c): this cluster is for tests and demos.
+running "$DIR/run/slurmctld.pid" || slurmctld -c -f "$CONF"
 running "$DIR/run/slurmd.pid" || slurmd -f "$CONF"
 
 # Wait for the node to be usable; resume it if a previous run left it drained or down.

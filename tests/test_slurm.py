@@ -1,6 +1,7 @@
 """Real jobs on the local Slurm cluster (slurm/start.sh): submit, sweep, status, cancel, requeue."""
 
 import json
+import sys
 import os
 import subprocess
 import time
@@ -151,3 +152,17 @@ def test_interrupted_job_requeues_and_resumes_to_the_same_result(tmp_path, capsy
     assert rec["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
     assert rec["ap_out"] == pytest.approx(straight["ap_out"], abs=1e-6)
     assert [e["loss"] for e in rec["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-5)
+
+
+def test_hydra_multirun_through_hydra_submitit_launcher(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
+         "hps_00040", "-m", "hydra/launcher=bnnidr_slurm", "+cluster=local", "num_gpu=2", "batch_size=25,50",
+         "max_epochs=2", "run.progress=false", f"run.root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = [record(d) for d in sorted((tmp_path / "runs").iterdir())]
+    assert [r["status"] for r in recs] == ["completed", "completed"]
+    assert all(r["world_size"] == 2 and r["name"] == "hps_00040" for r in recs)  # tasks tied to num_gpu
+    assert sorted(r["batch_size"] for r in recs) == [25, 50]
+    assert all("_" in r["slurm_job_id"] for r in recs)  # one job array

@@ -152,3 +152,17 @@ def test_cli_run_reports_a_completed_run_instead_of_rerunning(tmp_path, capsys):
     assert "already completed" in capsys.readouterr().out
     assert cli.main(args + ["--force"]) == 0
     assert len(list(tmp_path.glob("*.replaced-*"))) == 1
+
+
+def test_hydra_app_trains_the_same_run(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import CONF
+
+    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(CONF), "--config-name",
+                           "hps_00040", "max_epochs=1", "run.progress=false", f"run.root={tmp_path}",
+                           "hydra.run.dir=" + str(tmp_path / "hydra")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [d for d in tmp_path.iterdir() if d.name.startswith("hps_00040-")]
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "completed"

@@ -14,3 +14,5 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[dev]'
+# pyenv puts new console scripts on PATH only after a rehash.
+if command -v pyenv >/dev/null; then pyenv rehash; fi

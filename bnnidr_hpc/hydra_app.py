@@ -1,0 +1,61 @@
+"""The same training as a Hydra app, for users of Hydra's multirun and hydra-submitit-launcher.
+
+  python -m bnnidr_hpc.hydra_app --config-dir conf --config-name hps_00040 -m batch_size=50,100
+  python -m bnnidr_hpc.hydra_app --config-dir conf --config-name hps_00040 -m \\
+      hydra/launcher=bnnidr_slurm num_gpu=2 batch_size=50,100
+
+conf/hydra/launcher/bnnidr_slurm.yaml (and bnnidr_local.yaml) are hydra-submitit-launcher's
+submitit_slurm (submitit_local) with tasks_per_node and gpus_per_node tied to num_gpu and the rest
+taken from the cluster profile. The launcher sizes every job of one multirun alike, so sweep
+num_gpu with `bnnidr-hpc submit --gpus 1,2,4`, not here. Every rank runs this function; it calls
+the same SlurmJob / run_local as `bnnidr-hpc`, so runs land in the same run directories, resume
+from the same checkpoints and requeue the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import SCHEMA_NAME, ConfigError, register_schema, run_dir_for, to_config
+
+register_schema()
+
+
+def _in_submitit_job() -> bool:
+    import os
+
+    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name=SCHEMA_NAME)
+def main(cfg: DictConfig) -> dict:
+    try:
+        c = to_config(cfg)
+    except ConfigError as exc:
+        print(f"bnnidr-hpc: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    if not c.run.name:
+        from hydra.core.hydra_config import HydraConfig
+
+        c.run.name = HydraConfig.get().job.config_name or ""
+    run_dir = run_dir_for(c)
+    if _in_submitit_job():
+        import submitit
+
+        from .launch import SlurmJob
+
+        tasks = submitit.JobEnvironment().num_tasks
+        if tasks != c.world_size:
+            raise SystemExit(f"bnnidr-hpc: the job has {tasks} tasks but num_gpu x num_nodes = {c.world_size}; "
+                             "use hydra/launcher=bnnidr_slurm, which ties them")
+        return SlurmJob(c, str(run_dir))()
+    from .launch import run_local
+
+    return run_local(c, run_dir)
+
+
+if __name__ == "__main__":
+    main()
