@@ -3,6 +3,8 @@
   bnnidr-hpc run [CONFIG] [key=value ...] [--gpus N] [--force]   train here (one device, or N local ranks)
   bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--dry-run] [--local] [--force]
   bnnidr-hpc status DIR [--follow]                               jobs of a run or sweep directory
+  bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
+  bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
 
 Bad input is one line on stderr and exit status 2, before anything is created.
 """
@@ -10,6 +12,7 @@ Bad input is one line on stderr and exit status 2, before anything is created.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -108,7 +111,7 @@ def _sweep_dir(root: str, name: str, spec: dict) -> Path:
     import json
 
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(root) / f"{name or 'default'}-sweep-{digest}"
+    return Path(root).resolve() / f"{name or 'default'}-sweep-{digest}"
 
 
 def cmd_submit(ns) -> int:
@@ -118,8 +121,11 @@ def cmd_submit(ns) -> int:
     config_path, overrides = split_config_and_overrides(ns.args)
     if ns.nodes < 1:
         raise UsageError(f"--nodes={ns.nodes} is not allowed: a positive integer")
+    preset = load(config_path, [o for o in overrides if "," not in o]).sweep
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    overrides = overrides + [f"{k}={v}" for k, v in preset.grid.items() if k not in given]
     combos = expand_sweep(overrides)
-    gpus_list = parse_gpus(ns.gpus) if ns.gpus else [None]
+    gpus_list = parse_gpus(ns.gpus) if ns.gpus else (list(preset.gpus) or [None])
     first = load(config_path, combos[0])
     sweep_dir = None
     if len(combos) * len(gpus_list) > 1:
@@ -198,6 +204,40 @@ def cmd_status(ns) -> int:
     return launch.follow(run_dirs, ns.interval)
 
 
+def cmd_estimate_id(ns) -> int:
+    import torch
+
+    from . import intrinsic
+    from .data import Hypersphere
+    from .distributed import DistInfo, pick_device
+
+    config_path, overrides = split_config_and_overrides(ns.args)
+    c = load(config_path, overrides)
+    if ns.sample < 3:
+        raise UsageError(f"--sample={ns.sample} is not allowed: at least 3 points")
+    n = min(ns.sample, c.data.n)
+    device = pick_device(DistInfo(), c.run.device)
+    started = time.perf_counter()
+    x, _ = Hypersphere(c.data, c.seed, device).range(0, n)
+    estimates = intrinsic.estimate_all(x)
+    seconds = time.perf_counter() - started
+    print(f"TwoNN intrinsic dimension of {n} points of {c.run.name or 'the default data'} "
+          f"(p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}) on {device.type}, {seconds:.1f} s")
+    for name, e in estimates.items():
+        print(f"  {name:<6} {e['dimension']:7.2f} +- {e['error']:.2f}")
+    print(f"  true d {c.data.d:7d}   (output_dim=auto would choose "
+          f"{intrinsic.output_dim_for(estimates['mle']['dimension'], c.data.p)})")
+    if ns.json:
+        print(json.dumps({"n": n, "p": c.data.p, "true_d": c.data.d, "seconds": seconds, "estimates": estimates}))
+    return 0
+
+
+def cmd_collect(ns) -> int:
+    from .collect import main as collect_main
+
+    return collect_main(ns.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnnidr-hpc", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--follow", action="store_true", help="print progress until every job has ended")
     st.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     st.set_defaults(func=cmd_status)
+    est = sub.add_parser("estimate-id", help="TwoNN intrinsic dimension of the configured data set")
+    est.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    est.add_argument("--sample", type=int, default=10000, help="points to estimate on (default 10000)")
+    est.add_argument("--json", action="store_true", help="also print the estimates as one JSON line")
+    est.set_defaults(func=cmd_estimate_id)
+    col = sub.add_parser("collect", help="scaling tables from the records under DIR... (tools/collect.py)",
+                         add_help=False)
+    col.add_argument("rest", nargs=argparse.REMAINDER)
+    col.set_defaults(func=cmd_collect)
     return parser
 
 

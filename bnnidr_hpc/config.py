@@ -70,6 +70,7 @@ class EvalConfig:
         mc_samples: Bayesian model only: average the output of this many posterior samples
             (1 = posterior mean).
         block: queries per block when computing AP, bounding memory at block x gallery.
+        id_sample: training points on which output_dim=auto estimates the intrinsic dimension.
     """
 
     queries: int = 500
@@ -77,6 +78,7 @@ class EvalConfig:
     every: int = 1
     mc_samples: int = 1
     block: int = 1024
+    id_sample: int = 4000
 
 
 @dataclass
@@ -187,12 +189,26 @@ class ClusterConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A study that `bnnidr-hpc submit CONFIG` runs when the command line does not say otherwise.
+
+    Args:
+        gpus: GPU counts, one job (array) each, unless --gpus is given.
+        grid: key -> comma list (Hydra's sweep syntax), e.g. {batch_size: "128,256"}, unless the
+            command line overrides that key.
+    """
+
+    gpus: List[int] = field(default_factory=list)
+    grid: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """A reducer training run; the names follow the lab notes (../shared/lab-notes.txt)."""
 
     seed: int = 0
     # model
-    output_dim: Any = 8  # int, the reduced size
+    output_dim: Any = 8  # the reduced size: an int, or "auto" (TwoNN estimate of the input, README)
     nlayers: int = 2  # hidden layers
     layer_size: Any = 256  # int for every hidden layer, or a list with one per layer
     act_funcs: Any = "relu"  # one name, or a list with one per hidden layer
@@ -213,6 +229,7 @@ class Config:
     bayes: BayesConfig = field(default_factory=BayesConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def world_size(self) -> int:
@@ -306,8 +323,11 @@ def _check_yaml(path: Path) -> None:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config: {path} must hold a mapping of keys, got {type(loaded).__name__}")
     defaults = loaded.get("defaults", [])
-    if SCHEMA_NAME not in defaults:
-        raise ConfigError(f"config: {path} must start with 'defaults: [{SCHEMA_NAME}, _self_]' so its keys are checked")
+    # The schema itself, or another config of the same folder that names it.
+    bases = [d for d in defaults if isinstance(d, str) and (d == SCHEMA_NAME or (path.parent / f"{d}.yaml").exists())]
+    if not bases:
+        raise ConfigError(f"config: {path} must start with 'defaults: [{SCHEMA_NAME}, _self_]' (or name another "
+                          "config of its folder) so its keys are checked")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -398,11 +418,12 @@ def validate(c: Config) -> None:
     _positive("nlayers", c.nlayers)
     _per_layer("layer_size", c.layer_size, c.nlayers, _positive)
     _per_layer("act_funcs", c.act_funcs, c.nlayers, _activation)
-    if isinstance(c.output_dim, str):
-        _fail("output_dim", c.output_dim, "a positive integer")
-    _positive("output_dim", c.output_dim)
-    if c.output_dim >= c.input_dim:
-        _fail("output_dim", c.output_dim, f"must be smaller than the input dimension data.p={c.input_dim}")
+    if c.output_dim != "auto":
+        if isinstance(c.output_dim, str):
+            _fail("output_dim", c.output_dim, "a positive integer or auto")
+        _positive("output_dim", c.output_dim)
+        if c.output_dim >= c.input_dim:
+            _fail("output_dim", c.output_dim, f"must be smaller than the input dimension data.p={c.input_dim}")
     if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
         _fail("skip_steps", c.skip_steps, f"0 (none) or 2..nlayers={c.nlayers} (1 is the plain connection)")
 
@@ -430,7 +451,7 @@ def validate(c: Config) -> None:
             _check_schedule(f"{key}.schedule", opt.schedule)
 
     ev = c.eval
-    for key in ("queries", "gallery", "every", "mc_samples", "block"):
+    for key in ("queries", "gallery", "every", "mc_samples", "block", "id_sample"):
         _positive(f"eval.{key}", getattr(ev, key))
     _positive("bayes.prior_sigma", c.bayes.prior_sigma, float)
     _positive("bayes.init_sigma", c.bayes.init_sigma, float)
@@ -444,6 +465,8 @@ def validate(c: Config) -> None:
     _non_negative("cluster.max_requeues", cl.max_requeues)
     if cl.mem_gb is not None:
         _positive("cluster.mem_gb", cl.mem_gb, float)
+    for g in c.sweep.gpus:
+        _positive("sweep.gpus", g)
     validate_optimizer_patterns(c)
 
 
@@ -490,10 +513,10 @@ def to_yaml(c: Config) -> str:
 
 
 def config_hash(c: Config) -> str:
-    """Short hash of everything that changes the result (all but `run`, `cluster` and eval.block)."""
+    """Short hash of everything that changes the result (not `run`, `cluster`, `sweep`, eval.block)."""
     values = to_dict(c)
-    values.pop("run")
-    values.pop("cluster")
+    for group in ("run", "cluster", "sweep"):
+        values.pop(group)
     values["eval"].pop("block")
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:8]

@@ -21,17 +21,19 @@ import torch
 
 
 def two_nearest(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
-    """(N, 2) distances to each point's first and second nearest neighbour, in blocks of rows,
-    so memory stays at block x N; exact duplicates are skipped (distance 0 is not a neighbour)."""
+    """(N, 2) distances to each point's first and second nearest neighbour, in blocks of rows, so
+    memory stays at block x N; a point is not its own neighbour, nor is an exact duplicate.
+
+    Exact float32 products: bfloat16 candidates were tried and lose near neighbours of
+    low-dimensional data (their squared distances are below bfloat16's resolution of |x|^2)."""
     x = x.float()
     sq = (x * x).sum(1)
-    out = torch.empty(x.shape[0], 2, device=x.device)
     tiny = 1e-10 * sq.max().clamp_min(1e-30).item()
+    out = torch.empty(x.shape[0], 2, device=x.device)
     for lo in range(0, x.shape[0], block):
         rows = x[lo:lo + block]
-        d2 = sq[lo:lo + block, None] + sq[None, :] - 2.0 * rows @ x.T
-        d2.clamp_min_(0.0)
         idx = torch.arange(rows.shape[0], device=x.device)
+        d2 = (sq[lo:lo + block, None] + sq[None, :] - 2.0 * (rows @ x.T)).clamp_min_(0.0)
         d2[idx, idx + lo] = float("inf")  # a point is not its own neighbour
         d2[d2 <= tiny] = float("inf")  # nor is an exact duplicate
         out[lo:lo + block] = d2.topk(2, dim=1, largest=False).values.sqrt()
@@ -61,17 +63,23 @@ def mle(logs: torch.Tensor) -> Estimate:
     return Estimate("mle", d, d / math.sqrt(max(n - 2, 1)), n)
 
 
-def linear_fit(logs: torch.Tensor, discard: float = 0.1) -> Estimate:
-    """The paper's estimator: slope through the origin of -log(1 - F_emp(mu)) vs log(mu)."""
+def _fit_slope(logs: torch.Tensor, discard: float) -> float:
     logs = logs.sort().values
     n = logs.numel()
     keep = int(math.floor(n * (1 - discard)))
     xs = logs[:keep]
     ys = -torch.log1p(-torch.arange(1, keep + 1, dtype=torch.float64, device=logs.device) / n)
-    d = ((xs * ys).sum() / (xs * xs).sum()).item()
-    residual = ys - d * xs
-    error = math.sqrt((residual.square().sum() / max(keep - 1, 1) / (xs * xs).sum()).item())
-    return Estimate("fit", d, error, n)
+    return ((xs * ys).sum() / (xs * xs).sum()).item()
+
+
+def linear_fit(logs: torch.Tensor, discard: float = 0.1, bootstrap: int = 50, seed: int = 0) -> Estimate:
+    """The paper's estimator: slope through the origin of -log(1 - F_emp(mu)) against log(mu), the
+    largest `discard` of mu left out; the error is the bootstrap standard deviation over mu."""
+    d = _fit_slope(logs, discard)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n = logs.numel()
+    draws = [_fit_slope(logs[torch.randint(n, (n,), generator=g).to(logs.device)], discard) for _ in range(bootstrap)]
+    return Estimate("fit", d, float(torch.tensor(draws).std()), n)
 
 
 def bayes(logs: torch.Tensor, prior_shape: float = 1.0, prior_rate: float = 0.1) -> Estimate:
@@ -81,6 +89,20 @@ def bayes(logs: torch.Tensor, prior_shape: float = 1.0, prior_rate: float = 0.1)
     return Estimate("bayes", shape / rate, math.sqrt(shape) / rate, n)
 
 
+METHODS = {"mle": mle, "fit": linear_fit, "bayes": bayes}
+
+
 def estimate(x: torch.Tensor, method: str = "mle", block: int = 2048) -> Estimate:
+    return METHODS[method](log_mu(x, block))
+
+
+def estimate_all(x: torch.Tensor, block: int = 2048) -> dict:
+    """Every method on one set of nearest-neighbour ratios (the costly part is done once)."""
     logs = log_mu(x, block)
-    return {"mle": mle, "fit": linear_fit, "bayes": bayes}[method](logs)
+    return {name: fn(logs).as_dict() for name, fn in METHODS.items()}
+
+
+def output_dim_for(dimension: float, p: int) -> int:
+    """The `output_dim: auto` rule: the nearest integer to the TwoNN estimate, plus one, since a
+    d-dimensional sphere needs d + 1 coordinates to keep its distances; at least 2, below p."""
+    return int(min(p - 1, max(2, round(dimension) + 1)))

@@ -140,5 +140,9 @@ class Reducer(nn.Module):
 
 
 def parameter_names(c: Config) -> List[str]:
+    from dataclasses import replace
+
+    if c.output_dim == "auto":  # names do not depend on the size
+        c = replace(c, output_dim=1)
     with torch.device("meta"):
         return [name for name, _ in Reducer(c).named_parameters()]

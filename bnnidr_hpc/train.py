@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, records
+from . import distributed, intrinsic, records
 from .config import Config, ScheduleConfig, to_dict, to_yaml
 from .data import Hypersphere, ShardLoader
 from .distributed import DistInfo
@@ -145,12 +145,15 @@ def train(c: Config, run_dir: Path, info: Optional[DistInfo] = None,
 def _train(c, run_dir, info, device, started, process_started, stop_requested) -> dict:
     main = info.is_main
     world = info.world_size
+    data = Hypersphere(c.data, c.seed, device)
+    intrinsic_dim = {}
+    if c.output_dim == "auto":
+        c, intrinsic_dim = _choose_output_dim(c, data)
     torch.manual_seed(c.seed)
     model = Reducer(c).to(device)
     if world > 1 and c.batch_norm and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizers = Optimizers(c, model)
-    data = Hypersphere(c.data, c.seed, device)
     loader = ShardLoader(data, c.batch_size, info.rank, world)
     evaluator = _Evaluator(c, data, info)
     steps = loader.steps_per_epoch
@@ -173,6 +176,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
 
     writer = None
     record = _base_record(c, info, device, loader, run_dir)
+    record["intrinsic_dim"] = intrinsic_dim
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         records.write_text(run_dir / records.CONFIG, to_yaml(c))
@@ -184,7 +188,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         records.write_json(run_dir / records.RECORD, record)
 
     progress = _progress(c, main, state["epoch"])
-    kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
+    train_step = make_step(c, net, model, optimizers, info)
     first_step_at = None
     interrupted = False
     for epoch in range(state["epoch"], c.max_epochs):
@@ -195,22 +199,14 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         lrs = optimizers.set_lr(epoch + state["step"] / steps)
         for step, x in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
             lrs = optimizers.set_lr(epoch + step / steps)
-            out = net(x)
-            all_out = distributed.all_gather_with_grad(out)
-            all_x = distributed.all_gather(x) if world > 1 else x
-            stress = stress_rows(out, all_out, x, all_x, info.rank * c.batch_size)
-            loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
-            if kl_scale:
-                kl = kl_scale * model.kl()
-                loss = loss + kl
-                kl_sum += kl.detach()
-            loss.backward()
-            optimizers.step()
-            stress_sum += stress.detach()
+            stress, kl = train_step(x)
+            stress_sum += stress
+            kl_sum += kl
             if first_step_at is None:
                 _sync(device)
                 first_step_at = time.time()
                 record.setdefault("time_to_first_step_s", first_step_at - process_started)
+                record.setdefault("first_step_at", first_step_at)
             if _should_stop(stop_requested, step, world, device):
                 partial = distributed.all_reduce_sum(torch.stack([stress_sum, kl_sum / world]).double())
                 state.update(epoch=epoch, step=step + 1, interrupted_at=time.time(),
@@ -263,6 +259,11 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     if progress is not None:
         progress.close()
     status = records.INTERRUPTED if interrupted else records.COMPLETED
+    if not interrupted and main:
+        # Did the reducer keep the structure? TwoNN of the gallery before and after reduction.
+        record["intrinsic_dim"].update(
+            gallery_input=intrinsic.estimate_all(evaluator.gx)["mle"],
+            gallery_output=intrinsic.estimate_all(model.embed(evaluator.gx, c.eval.mc_samples))["mle"])
     _update_record(record, state, c, global_batch, steps, started, process_started, status)
     if main:
         if interrupted:
@@ -276,6 +277,41 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         if writer is not None:
             writer.close()
     return record
+
+
+def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: DistInfo):
+    """The training step, x -> (stress, KL term), both detached on the device: no host sync."""
+    world, row_offset = info.world_size, info.rank * c.batch_size
+    kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
+    zero = torch.zeros((), device=next(model.parameters()).device)
+
+    def step(x: torch.Tensor):
+        out = net(x)
+        all_out = distributed.all_gather_with_grad(out)
+        all_x = distributed.all_gather(x) if world > 1 else x
+        stress = stress_rows(out, all_out, x, all_x, row_offset)
+        loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
+        kl = zero
+        if kl_scale:
+            kl = kl_scale * model.kl()
+            loss = loss + kl
+        loss.backward()
+        optimizers.step()
+        return stress.detach(), kl.detach()
+
+    return step
+
+
+def _choose_output_dim(c: Config, data: Hypersphere):
+    """output_dim: auto -> the TwoNN rule of intrinsic.output_dim_for on a sample of the data."""
+    from dataclasses import replace
+
+    sample, _ = data.range(0, min(c.data.n, c.eval.id_sample))
+    estimates = intrinsic.estimate_all(sample)
+    chosen = intrinsic.output_dim_for(estimates["mle"]["dimension"], c.input_dim)
+    info = {"input": estimates, "sample": sample.shape[0], "output_dim": chosen,
+            "rule": "round(TwoNN MLE) + 1, at least 2, below p"}
+    return replace(c, output_dim=chosen), info
 
 
 def _should_stop(stop_requested, step: int, world: int, device) -> bool:
