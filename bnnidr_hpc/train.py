@@ -285,11 +285,16 @@ def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: Dist
     kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
     zero = torch.zeros((), device=next(model.parameters()).device)
 
+    bf16 = c.precision == "bf16"
+    device_type = zero.device.type
+
     def step(x: torch.Tensor):
-        out = net(x)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        out = out.float()  # distances of the reduced vectors stay float32: they are cheap
         all_out = distributed.all_gather_with_grad(out)
         all_x = distributed.all_gather(x) if world > 1 else x
-        stress = stress_rows(out, all_out, x, all_x, row_offset)
+        stress = stress_rows(out, all_out, x, all_x, row_offset, bf16)
         loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
         kl = zero
         if kl_scale:

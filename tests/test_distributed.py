@@ -17,9 +17,10 @@ def test_describe_reads_torchrun_slurm_or_nothing():
     assert (alone.rank, alone.world_size, alone.distributed, alone.slurm_job_id) == (0, 1, False, None)
 
 
-@pytest.mark.parametrize("optimizer,rel", [("sgd", 1e-5), ("adamw", 1e-3)])
+@pytest.mark.parametrize("optimizer,rel", [("sgd", 1e-5), ("adamw", 1e-2)])
 def test_two_gloo_ranks_match_one_rank_with_twice_the_batch(tiny, optimizer, rel):
-    # Adam divides by the gradient's running RMS, so it magnifies float rounding more than SGD does.
+    # Adam divides by the gradient's running RMS: for parameters whose gradient is near zero it turns
+    # float rounding (summation order across ranks) into lr-sized steps; SGD shows the agreement.
     c1 = tiny("batch_size=64", "num_gpu=1", f"optimizers.0.name={optimizer}")
     one = run_local(c1, run_dir_for(c1))
     c2 = tiny("batch_size=32", "num_gpu=2", f"optimizers.0.name={optimizer}")

@@ -60,3 +60,35 @@ def test_stress_gradient_is_finite_with_duplicate_points():
     y = torch.randn(8, 2, requires_grad=True)
     stress(y, x).backward()
     assert torch.isfinite(y.grad).all()
+
+
+def test_stress_gradient_matches_the_plain_autograd_formula():
+    torch.manual_seed(0)
+    x = torch.randn(30, 10, dtype=torch.float64)
+    y = torch.randn(30, 3, dtype=torch.float64, requires_grad=True)
+
+    def plain(y):
+        d_in, d_out = torch.cdist(x, x), torch.cdist(y, y)
+        return ((d_out - d_in) ** 2).sum() / (d_in ** 2).sum()
+
+    ours = stress(y, x)
+    (g_ours,) = torch.autograd.grad(ours, y)
+    ref = plain(y)
+    (g_ref,) = torch.autograd.grad(ref, y)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-7)
+    # rows against gathered columns: the two gradient paths add up to the same gradient
+    half = [stress_rows(y[r * 15:(r + 1) * 15], y, x[r * 15:(r + 1) * 15], x, r * 15) for r in range(2)]
+    (g_rows,) = torch.autograd.grad(half[0] + half[1], y)
+    assert torch.allclose(g_rows, g_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_float32_self_pairs_do_not_disturb_the_gradient():
+    torch.manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(200, 128), dim=1)
+    y = (x @ torch.randn(128, 6) / 4).requires_grad_()
+    (g32,) = torch.autograd.grad(stress(y, x), y)
+    y64 = y.detach().double().requires_grad_()
+    d_in, d_out = torch.cdist(x.double(), x.double()), torch.cdist(y64, y64)
+    (g64,) = torch.autograd.grad(((d_out - d_in) ** 2).sum() / (d_in ** 2).sum(), y64)
+    assert torch.allclose(g32.double(), g64, rtol=1e-3, atol=1e-6 * g64.abs().max().item())

@@ -1,0 +1,128 @@
+"""Step throughput: the toolkit's training step against a plain reference loop and the roofline.
+
+  python benchmarks/bench_step.py [--quick]
+
+Same model (the schema's default architecture), data and batch (p=1536, batch 1024) in one process:
+  toolkit    ShardLoader batches and train.make_step, steady state
+  reference  the usual loop: DataLoader over a materialised TensorDataset with shuffling and default
+             collation, the loss built fresh with torch.cdist every step, .item() every step
+  roofline   FLOP/s of the model's own matrix products alone (same shapes, forward and backward)
+Model FLOP utilisation = the toolkit's achieved model FLOP/s / the roofline's.
+"""
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from common import Report, quick_flag, seconds_per_call, sync
+
+from bnnidr_hpc.config import load
+from bnnidr_hpc.data import Hypersphere, ShardLoader
+from bnnidr_hpc.distributed import DistInfo, pick_device
+from bnnidr_hpc.model import Reducer
+from bnnidr_hpc.train import Optimizers, make_step
+
+
+def model_flops(c, batch: int) -> float:
+    """Matrix-product FLOPs of one step: the MLP forward (2) and backward (4) per weight, the input
+    Gram of the batch (no gradient) and the output Gram forward and backward."""
+    sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
+    mlp = sum(6 * batch * a * b for a, b in zip(sizes, sizes[1:]))
+    return mlp + 2 * batch * batch * c.input_dim + 6 * batch * batch * c.output_dim
+
+
+def roofline_flops_per_s(c, batch: int, device, iters: int) -> float:
+    """The model's matrix products alone, in the precision the step uses for them (the reduced
+    vectors' distances are float32 in both)."""
+    dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
+    sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
+    g = torch.Generator(device=device).manual_seed(0)
+    mats = []
+    for a, b in zip(sizes, sizes[1:]):
+        x, w, gy = (torch.randn(s, device=device, generator=g).to(dtype) for s in ((batch, a), (a, b), (batch, b)))
+        mats += [(x, w), (gy, w.T), (x.T, gy)]  # forward, grad input, grad weight
+    x = torch.randn(batch, c.input_dim, device=device, generator=g).to(dtype)
+    y = torch.randn(batch, c.output_dim, device=device, generator=g)
+    mats += [(x, x.T)] + [(y, y.T)] * 3
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
+
+    def run():
+        for a, b in mats:
+            torch.mm(a, b)
+
+    return flops / seconds_per_call(run, device, warmup=3, iters=iters)
+
+
+def reference_samples_per_s(c, points: torch.Tensor, steps: int) -> float:
+    torch.manual_seed(0)
+    model = Reducer(c).to(points.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate)
+    loader = DataLoader(TensorDataset(points.cpu()), batch_size=c.batch_size, shuffle=True, drop_last=True)
+    done, started, seen = 0, None, 0
+    while done < steps + 3:
+        for (x,) in loader:
+            if done == 3:
+                sync(points.device)
+                started = __import__("time").perf_counter()
+            x = x.to(points.device)
+            out = model(x)
+            d_in, d_out = torch.cdist(x, x), torch.cdist(out, out)
+            loss = ((d_out - d_in) ** 2).sum() / (d_in ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+            done += 1
+            seen += x.shape[0] if done > 3 else 0
+            if done >= steps + 3:
+                break
+    sync(points.device)
+    return seen / (__import__("time").perf_counter() - started)
+
+
+def toolkit_samples_per_s(c, device, steps: int):
+    data = Hypersphere(c.data, c.seed, device)
+    loader = ShardLoader(data, c.batch_size, 0, 1)
+    torch.manual_seed(0)
+    model = Reducer(c).to(device)
+    step = make_step(c, model, model, Optimizers(c, model), DistInfo())
+    batches = iter(())
+
+    def one():
+        nonlocal batches
+        x = next(batches, None)
+        if x is None:
+            batches = loader.epoch(0)
+            x = next(batches)
+        step(x)
+
+    return c.batch_size / seconds_per_call(one, device, warmup=3, iters=steps), loader.points
+
+
+def main():
+    quick = quick_flag()
+    steps = 30 if quick else 100
+    report = Report("step_throughput", quick)
+    base = ["data.p=1536", "data.d=50", "data.spread=1.2", f"data.n={1024 * 32}", "batch_size=1024"]
+    device = pick_device(DistInfo(), "auto")
+    on_gpu = device.type == "cuda"
+    reference = None
+    for precision in ("fp32", "bf16"):
+        c = load(None, base + [f"precision={precision}"])
+        toolkit, points = toolkit_samples_per_s(c, device, steps)
+        if reference is None:
+            reference = reference_samples_per_s(c, points, steps)
+            report.add("reference loop (fp32)", reference, "samples/s")
+        roofline = roofline_flops_per_s(c, c.batch_size, device, iters=steps)
+        achieved = toolkit / c.batch_size * model_flops(c, c.batch_size)
+        report.add(f"toolkit step, {precision}", toolkit, "samples/s")
+        report.add(f"toolkit {precision} / reference", toolkit / reference, "x", ">= 5" if on_gpu else ">= 1.3",
+                   toolkit / reference >= (5 if on_gpu else 1.3))
+        report.add(f"model FLOP/s achieved, {precision}", achieved / 1e9, "GFLOP/s")
+        report.add(f"roofline (same matmuls), {precision}", roofline / 1e9, "GFLOP/s")
+        report.add(f"model FLOP utilisation, {precision}", achieved / roofline, "",
+                   ">= 0.5" if on_gpu else ">= 0.70", achieved / roofline >= (0.5 if on_gpu else 0.70))
+    report.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Shared by the benchmarks: honest timing, peak memory, and a result table with targets.
+
+Timing follows one rule: warm-up iterations are dropped, the device is synchronised before the
+clock is read, and figures are per second of steady state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+RESULTS = Path(os.environ.get("BNNIDR_BENCH_OUT", Path(__file__).resolve().parent / "results"))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - started) / iters
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}"
+
+
+class Report:
+    """Rows of (figure, value, unit, target, met); printed as a table and written as JSON."""
+
+    def __init__(self, name: str, quick: bool):
+        self.name, self.quick, self.rows = name, quick, []
+
+    def add(self, figure: str, value: float, unit: str, target: Optional[str] = None,
+            met: Optional[bool] = None) -> None:
+        self.rows.append({"figure": figure, "value": value, "unit": unit, "target": target, "met": met})
+
+    def finish(self) -> dict:
+        width = max(len(r["figure"]) for r in self.rows)
+        print(f"\n== {self.name} ({'quick' if self.quick else 'full'}) on {machine()}")
+        for r in self.rows:
+            mark = "" if r["met"] is None else ("  met" if r["met"] else "  MISSED")
+            target = f"  target {r['target']}" if r["target"] else ""
+            print(f"  {r['figure']:<{width}}  {r['value']:>12.4g} {r['unit']}{target}{mark}")
+        result = {"benchmark": self.name, "quick": self.quick, "machine": machine(),
+                  "date": time.strftime("%Y-%m-%d"), "rows": self.rows}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{self.name}.json").write_text(json.dumps(result, indent=1))
+        return result
+
+
+def quick_flag() -> bool:
+    return "--quick" in sys.argv
