@@ -73,3 +73,22 @@ class Report:
 
 def quick_flag() -> bool:
     return "--quick" in sys.argv
+
+
+def run_child(cmd, env=None, cwd=None):
+    """Run a command; (wall seconds from start to exit, its peak resident memory in GB, output)."""
+    import subprocess
+
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as log:  # a pipe would block a child that writes much
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss / 2**20, output

@@ -125,6 +125,21 @@ def all_gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def all_gather_async(t: torch.Tensor):
+    """Start gathering t; returns a function that waits and returns the concatenation. Lets a
+    step overlap the input gather with its forward pass."""
+    if not dist.is_initialized():
+        return lambda: t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    work = dist.all_gather(parts, t.contiguous(), async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        return torch.cat(parts)
+
+    return wait
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for this rank's slice."""
 

@@ -289,11 +289,12 @@ def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: Dist
     device_type = zero.device.type
 
     def step(x: torch.Tensor):
+        gathered_x = distributed.all_gather_async(x)  # travels while the forward pass runs
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = net(x)
         out = out.float()  # distances of the reduced vectors stay float32: they are cheap
         all_out = distributed.all_gather_with_grad(out)
-        all_x = distributed.all_gather(x) if world > 1 else x
+        all_x = gathered_x()
         stress = stress_rows(out, all_out, x, all_x, row_offset, bf16)
         loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
         kl = zero
