@@ -100,7 +100,7 @@ class SlurmJob:
             record = train(self.config, run_dir, info, stop)
         except Exception as exc:
             if info.is_main:
-                _mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+                _mark_failed(run_dir, f"{type(exc).__name__}: {exc}", self.config)
             raise
         if record["status"] == records.INTERRUPTED:
             if info.is_main:
@@ -113,7 +113,7 @@ class SlurmJob:
         job = info.slurm_job_id
         if record["restarts"] >= self.config.cluster.max_requeues:
             _mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
-                                             f"(cluster.max_requeues={self.config.cluster.max_requeues})")
+                         f"(cluster.max_requeues={self.config.cluster.max_requeues})", self.config)
             return
         # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
         # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
@@ -136,8 +136,14 @@ def _wait_to_be_requeued(seconds: int = 300) -> None:
     sys.exit(3)
 
 
-def _mark_failed(run_dir: Path, error: str) -> None:
-    record = records.read_record(run_dir) or {"run_dir": str(run_dir)}
+def _mark_failed(run_dir: Path, error: str, c: Config) -> None:
+    """Record the failure; a job that failed before training wrote anything still gets a record."""
+    from .config import to_dict
+
+    record = records.read_record(run_dir) or {
+        "schema": records.SCHEMA, "run_dir": str(run_dir), "name": c.run.name, "config": to_dict(c),
+        "n": c.data.n, "p": c.data.p, "d": c.data.d, "batch_size": c.batch_size, "world_size": c.world_size,
+        "max_epochs": c.max_epochs, "epochs_done": 0}
     record.update(status=records.FAILED, error=error, updated_at=time.time())
     records.write_json(run_dir / records.RECORD, record)
 
@@ -217,9 +223,8 @@ def submit_group(points: List[Point], folder: Path, local: bool) -> List[dict]:
     if len(points) == 1:
         jobs = [executor.submit(SlurmJob(points[0].config, str(points[0].run_dir)))]
     else:
-        with executor.batch():
-            pending = [executor.submit(SlurmJob(p.config, str(p.run_dir))) for p in points]
-        jobs = pending
+        with executor.batch():  # one array: the job ids are known when the block ends
+            jobs = [executor.submit(SlurmJob(p.config, str(p.run_dir))) for p in points]
     infos = []
     for point, job in zip(points, jobs):
         info = {"job_id": str(job.job_id), "submitted_at": time.time(), "executor": "local" if local else "slurm",

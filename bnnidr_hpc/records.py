@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+SCHEMA = "bnnidr-hpc/record/1"  # tools/collect.py reads records of this schema only
 RECORD = "record.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"

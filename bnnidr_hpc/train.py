@@ -179,6 +179,8 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     record["intrinsic_dim"] = intrinsic_dim
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink()
         records.write_text(run_dir / records.CONFIG, to_yaml(c))
         writer = _tensorboard(run_dir, model, c, device, first_start=state["restarts"] == 0)
     if state["ap_in"] is None:
@@ -412,7 +414,7 @@ def _base_record(c: Config, info: DistInfo, device, loader: ShardLoader, run_dir
         names = ["cpu"]
     device_names = names * info.world_size if info.world_size > 1 else names
     return {
-        "schema": "bnnidr-hpc/record/1",
+        "schema": records.SCHEMA,
         "run_dir": str(run_dir.resolve()),
         "name": c.run.name,
         "config": to_dict(c),

@@ -79,6 +79,15 @@ def test_1_2_4_ranks_train_like_one_rank_with_the_global_batch(tmp_path, capsys)
     code = cli.main(["status", str(dirs[0].parent)])
     table = capsys.readouterr().out.splitlines()
     assert code == 0 and len(table) == 4 and all(" completed " in line for line in table[1:])
+    # the scaling table agrees with the records: speedup = epoch(1) / epoch(g), efficiency = speedup / g
+    assert cli.main(["collect", str(dirs[0].parent), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["strong_scaling"]
+    steady = {record(d)["world_size"]: record(d)["steady_epoch_seconds"] for d in dirs}
+    assert [r["gpu"] for r in rows] == [1, 2, 4] and len({r["group"] for r in rows}) == 1
+    for r in rows:
+        assert r["epoch_s"] == pytest.approx(steady[r["gpu"]])
+        assert r["speedup"] == pytest.approx(steady[1] / steady[r["gpu"]])
+        assert r["efficiency"] == pytest.approx(steady[1] / steady[r["gpu"]] / r["gpu"])
 
 
 def test_sweep_is_one_array_and_a_resubmission_is_not_rerun(tmp_path, capsys):
@@ -111,6 +120,16 @@ def test_bad_point_in_a_sweep_submits_nothing(tmp_path, capsys):
     code = cli.main(["submit", *TINY, f"run.root={tmp_path / 'runs'}", "batch_size=16,9999", "--gpus", "1"])
     assert code == 2 and "batch_size=9999" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_failed_job_shows_its_error_and_log(tmp_path, capsys):
+    out = submit(capsys, *TINY, *SGD, f"run.root={tmp_path}", "run.device=cuda")  # no GPU on this node
+    (run_dir,) = run_dirs_of(out)
+    status = wait_for(lambda: (s := run_status(run_dir))["state"] == "failed" and s, timeout=120)
+    assert "no CUDA device" in status["detail"] and "log: " in status["detail"]
+    assert record(run_dir)["status"] == "failed"
+    assert cli.main(["collect", str(tmp_path)]) == 0
+    assert "failed: " in capsys.readouterr().out
 
 
 LONG = ["data.n=2000", "data.p=64", "batch_size=50", "max_epochs=40", "eval.every=10"]
