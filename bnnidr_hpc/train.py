@@ -168,6 +168,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         state["restarts"] += 1
         # Time lost: from the interruption to this restart (requeue, queueing, start-up).
         state["seconds_lost"] += max(0.0, started - state.pop("interrupted_at", started))
+        state["seconds_before"] = state.pop("elapsed_at_interruption", state["seconds_before"])
         _set_rng_state(state.pop("rng"), device)
 
     net = model
@@ -212,7 +213,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
             if _should_stop(stop_requested, step, world, device):
                 partial = distributed.all_reduce_sum(torch.stack([stress_sum, kl_sum / world]).double())
                 state.update(epoch=epoch, step=step + 1, interrupted_at=time.time(),
-                             seconds_before=state["seconds_before"] + time.time() - process_started,
+                             elapsed_at_interruption=state["seconds_before"] + time.time() - process_started,
                              stress_sum=state["stress_sum"] + partial[0].item(),
                              kl_sum=state["kl_sum"] + partial[1].item())
                 interrupted = True

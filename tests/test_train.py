@@ -124,6 +124,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
     resumed = train(tiny("bayesian=true"), tmp_path / "resumed")
     assert resumed["status"] == "completed" and resumed["restarts"] == 1
     assert resumed["seconds_lost"] >= 0 and not list((tmp_path / "resumed").glob(".*.tmp"))
+    # total_seconds adds each session once: the interrupted one's, then this one's (from process start)
+    this_session = resumed["updated_at"] - records.process_start_time()
+    assert resumed["total_seconds"] == pytest.approx(first["total_seconds"] + this_session, abs=0.5)
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
     assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-6)
