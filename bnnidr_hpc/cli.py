@@ -121,7 +121,12 @@ def cmd_submit(ns) -> int:
     config_path, overrides = split_config_and_overrides(ns.args)
     if ns.nodes < 1:
         raise UsageError(f"--nodes={ns.nodes} is not allowed: a positive integer")
-    preset = load(config_path, [o for o in overrides if "," not in o]).sweep
+    # The config's own sweep preset (read, not validated: the sweep's values are not in yet).
+    from omegaconf import OmegaConf
+
+    from .config import compose
+
+    preset = OmegaConf.to_object(compose(config_path, [o for o in overrides if "," not in o]).sweep)
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = overrides + [f"{k}={v}" for k, v in preset.grid.items() if k not in given]
     combos = expand_sweep(overrides)

@@ -199,7 +199,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         epoch_started = time.perf_counter()
         stress_sum = torch.zeros((), device=device)
         kl_sum = torch.zeros((), device=device)
-        lrs = optimizers.set_lr(epoch + state["step"] / steps)
+        lrs = optimizers.set_lr(epoch + state["step"] / steps)  # also when no step is left to run
         for step, x in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
             lrs = optimizers.set_lr(epoch + step / steps)
             stress, kl = train_step(x)
@@ -250,7 +250,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
             _save_checkpoint(checkpoint_path, model, optimizers, state, device)
             records.append_line(run_dir / records.METRICS, entry)
             records.write_json(run_dir / records.RECORD, record)
-            _log_epoch(writer, entry, global_batch * steps)
+            _log_epoch(writer, entry)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=_fmt(entry["ap"]),
@@ -270,7 +270,6 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     _update_record(record, state, c, global_batch, steps, started, process_started, status)
     if main:
         if interrupted:
-            state["rng"] = _rng_state(device)
             _save_checkpoint(checkpoint_path, model, optimizers, state, device)
         elif writer is not None:
             writer.add_hparams(_hparams(c), {"hparam/ap": record["ap_out"] or 0.0,
@@ -346,7 +345,7 @@ def _progress(c: Config, main: bool, start_epoch: int):
 
 def _save_checkpoint(path: Path, model, optimizers: Optimizers, state: dict, device) -> None:
     payload = {"model": model.state_dict(), "optimizers": optimizers.state_dict(),
-               "state": {**state, "rng": state.get("rng") or _rng_state(device)}}
+               "state": {**state, "rng": _rng_state(device)}}
     records.atomic_write(path, lambda f: torch.save(payload, f), binary=True)
 
 
@@ -376,7 +375,7 @@ def _tensorboard(run_dir: Path, model: Reducer, c: Config, device, first_start: 
     return writer
 
 
-def _log_epoch(writer, entry: dict, samples: int) -> None:
+def _log_epoch(writer, entry: dict) -> None:
     if writer is None:
         return
     e = entry["epoch"]
