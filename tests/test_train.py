@@ -171,3 +171,19 @@ def test_hydra_app_trains_the_same_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run_dir,) = [d for d in tmp_path.iterdir() if d.name.startswith("hps_00040-")]
     assert json.loads((run_dir / "record.json").read_text())["status"] == "completed"
+
+
+def test_hydra_multirun_with_the_local_submitit_launcher_runs_num_gpu_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import CONF
+
+    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(CONF), "--config-name",
+                           "hps_00040", "-m", "hydra/launcher=bnnidr_local", "num_gpu=2", "max_epochs=1",
+                           "batch_size=25", "run.progress=false", f"run.root={tmp_path / 'runs'}",
+                           f"hydra.sweep.dir={tmp_path / 'hydra'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (record,) = (tmp_path / "runs").glob("hps_00040-*/record.json")
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "completed" and rec["world_size"] == 2
