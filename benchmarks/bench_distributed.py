@@ -6,8 +6,9 @@ collectives' seconds per step.
 Both runs train the same global batch (1 rank x 1000, 2 ranks x 500: the same computation, see
 README), so their ratio is the cost of distributing alone: strong-scaling efficiency =
 epoch seconds(1 rank) / (2 x epoch seconds(2 ranks)), steady-state epochs. The collectives of a
-step (gather of the inputs and outputs, their gradient's all-reduce, DDP's gradient all-reduce)
-are timed in a separate 2-rank process group.
+step (gather of the outputs, their gradient's all-reduce, DDP's gradient all-reduce; the inputs are
+not gathered since every rank takes the global batch from its own cached copy) are timed in a
+separate 2-rank process group.
 """
 
 import json
@@ -40,7 +41,7 @@ def _collectives(rank, port, shapes, params, iters, out):
         for x in xs:
             parts = [torch.empty_like(x) for _ in range(2)]
             dist.all_gather(parts, x)
-        dist.all_reduce(torch.randn(2 * shapes[1][0], shapes[1][1]))  # the gathered outputs' gradient
+        dist.all_reduce(torch.randn(2 * shapes[0][0], shapes[0][1]))  # the gathered outputs' gradient
         dist.all_reduce(grads)
 
     for _ in range(5):
@@ -72,7 +73,7 @@ def main():
         c = load(CONF, [])
         params = sum(p.numel() for p in Reducer(c).parameters())
         out = os.path.join(root, "collectives")
-        mp.start_processes(_collectives, args=(free_port(), [(500, c.data.p), (500, c.output_dim)], params,
+        mp.start_processes(_collectives, args=(free_port(), [(500, c.output_dim)], params,
                                                20 if quick else 100, out), nprocs=2, start_method="spawn")
         per_step = float(Path(out).read_text())
         report.add("collectives per step (gloo, 2 ranks)", per_step * 1e3, "ms")

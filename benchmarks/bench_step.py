@@ -89,11 +89,11 @@ def toolkit_samples_per_s(c, device, steps: int):
 
     def one():
         nonlocal batches
-        x = next(batches, None)
-        if x is None:
+        batch = next(batches, None)
+        if batch is None:
             batches = loader.epoch(0)
-            x = next(batches)
-        step(x)
+            batch = next(batches)
+        step(*batch)
 
     return c.batch_size / seconds_per_call(one, device, warmup=3, iters=steps), loader.points
 

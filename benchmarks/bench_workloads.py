@@ -31,11 +31,11 @@ assert not loader.cached
 model = Reducer(c).to(device)
 step = make_step(c, model, model, Optimizers(c, model), DistInfo())
 steps, warm = int(sys.argv[2]), 10
-for i, x in enumerate(loader.epoch(0)):
+for i, batch in enumerate(loader.epoch(0)):
     if i == warm:
         if device.type == "cuda": torch.cuda.synchronize()
         t = time.perf_counter()
-    step(x)
+    step(*batch)
     if i + 1 == warm + steps:
         break
 if device.type == "cuda": torch.cuda.synchronize()

@@ -18,7 +18,7 @@ Points n, n+1, ... follow the training set and serve as the held-out evaluation 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -127,17 +127,21 @@ class ShardLoader:
         order = (chunks[:, None] * CHUNK + torch.arange(CHUNK)).flatten()
         return order[order < n]
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """(this rank's batch, the whole global batch or None) per step. A cached data set gives
+        every rank the global batch from its own copy, so no rank has to gather the others'
+        inputs; a streamed one gives None and the step gathers them."""
         device = self.data.device
         order = self.order(epoch).to(device)
         global_batch = self.batch_size * self.world
+        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         for step in range(start_step, self.steps_per_epoch):
-            lo = step * global_batch + self.rank * self.batch_size
-            index = order[lo:lo + self.batch_size]
+            lo = step * global_batch
             if self.cached:
                 # One reused buffer: no allocation per step.
                 if self._batch is None:
-                    self._batch = torch.empty(self.batch_size, self.data.p, device=device)
-                yield torch.index_select(self.points, 0, index, out=self._batch)
+                    self._batch = torch.empty(global_batch, self.data.p, device=device)
+                full = torch.index_select(self.points, 0, order[lo:lo + global_batch], out=self._batch)
+                yield full[rows], full
             else:
-                yield self.data.rows(index)[0]
+                yield self.data.rows(order[lo + rows.start:lo + rows.stop])[0], None

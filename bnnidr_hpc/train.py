@@ -173,7 +173,9 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
 
     net = model
     if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        # Gradients live in the all-reduce buckets: no copy in and out of them each step.
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True)
 
     writer = None
     record = _base_record(c, info, device, loader, run_dir)
@@ -200,9 +202,9 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         stress_sum = torch.zeros((), device=device)
         kl_sum = torch.zeros((), device=device)
         lrs = optimizers.set_lr(epoch + state["step"] / steps)  # also when no step is left to run
-        for step, x in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
+        for step, (x, full_x) in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
             lrs = optimizers.set_lr(epoch + step / steps)
-            stress, kl = train_step(x)
+            stress, kl = train_step(x, full_x)
             stress_sum += stress
             kl_sum += kl
             if first_step_at is None:
@@ -282,7 +284,8 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
 
 
 def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: DistInfo):
-    """The training step, x -> (stress, KL term), both detached on the device: no host sync."""
+    """The training step, (this rank's batch x, the global batch or None) -> (stress, KL term),
+    both detached on the device: no host sync. Without the global batch the step gathers it."""
     world, row_offset = info.world_size, info.rank * c.batch_size
     kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
     zero = torch.zeros((), device=next(model.parameters()).device)
@@ -290,13 +293,14 @@ def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: Dist
     bf16 = c.precision == "bf16"
     device_type = zero.device.type
 
-    def step(x: torch.Tensor):
-        gathered_x = distributed.all_gather_async(x)  # travels while the forward pass runs
+    def step(x: torch.Tensor, full_x: Optional[torch.Tensor] = None):
+        # Without the global batch, gather it; it travels while the forward pass runs.
+        gathered_x = distributed.all_gather_async(x) if full_x is None else None
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = net(x)
         out = out.float()  # distances of the reduced vectors stay float32: they are cheap
         all_out = distributed.all_gather_with_grad(out)
-        all_x = gathered_x()
+        all_x = full_x if gathered_x is None else gathered_x()
         stress = stress_rows(out, all_out, x, all_x, row_offset, bf16)
         loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
         kl = zero
