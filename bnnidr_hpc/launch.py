@@ -104,12 +104,12 @@ class SlurmJob:
             raise
         if record["status"] == records.INTERRUPTED:
             if info.is_main:
-                self._requeue_or_fail(info, record, stop)
-            _wait_to_be_requeued()
+                self._requeue_or_fail(info, record)
+            _wait_to_be_requeued(run_dir)
         return {k: record.get(k) for k in ("status", "run_dir", "final_loss", "ap_out", "ap_retention",
                                            "total_seconds", "world_size", "slurm_job_id")}
 
-    def _requeue_or_fail(self, info: DistInfo, record: dict, stop: StopFlag) -> None:
+    def _requeue_or_fail(self, info: DistInfo, record: dict) -> None:
         job = info.slurm_job_id
         if record["restarts"] >= self.config.cluster.max_requeues:
             _mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
@@ -130,9 +130,14 @@ def _ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _wait_to_be_requeued(seconds: int = 300) -> None:
-    """Slurm ends this task when it requeues the job; if it never does, fail rather than hang."""
-    time.sleep(seconds)
+def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
+    """Slurm ends every task when it requeues (or cancels) the job. If rank 0 gave up instead (the
+    record says failed), or nothing happens, end here rather than hold the allocation."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (records.read_record(run_dir) or {}).get("status") == records.FAILED:
+            sys.exit(1)
+        time.sleep(1)
     sys.exit(3)
 
 

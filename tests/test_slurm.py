@@ -11,7 +11,7 @@ import pytest
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.config import load
-from bnnidr_hpc.launch import read_job, run_status
+from bnnidr_hpc.launch import job_state, read_job, run_status
 from bnnidr_hpc.train import train
 from conftest import REPO, TINY
 
@@ -185,3 +185,13 @@ def test_hydra_multirun_through_hydra_submitit_launcher(tmp_path):
     assert all(r["world_size"] == 2 and r["name"] == "hps_00040" for r in recs)  # tasks tied to num_gpu
     assert sorted(r["batch_size"] for r in recs) == [25, 50]
     assert all("_" in r["slurm_job_id"] for r in recs)  # one job array
+
+
+def test_a_job_out_of_requeues_fails_at_once_with_the_reason(tmp_path, capsys):
+    run_dir, job = start_long_job(tmp_path, capsys, "cluster.max_requeues=0", "--gpus", "2", "seed=4")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    status = wait_for(lambda: (s := run_status(run_dir))["state"] == "failed" and s, timeout=60)
+    assert "interrupted after 0 restarts" in status["detail"] and "max_requeues=0" in status["detail"]
+    # every rank ends instead of holding the allocation: the job leaves the queue within seconds
+    wait_for(lambda: job_state(job).get("JobState") in ("FAILED", "COMPLETED"), timeout=30)
+    assert record(run_dir)["epochs_done"] < 40
