@@ -118,16 +118,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def all_gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenation of every rank's t (equal shapes), rank order; no gradient."""
-    if not dist.is_initialized():
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    return all_gather_async(t)()
 
 
 def all_gather_async(t: torch.Tensor):
-    """Start gathering t; returns a function that waits and returns the concatenation. Lets a
-    step overlap the input gather with its forward pass."""
+    """Start gathering t (as all_gather); returns a function that waits and returns the
+    concatenation. Lets a step overlap the input gather with its forward pass."""
     if not dist.is_initialized():
         return lambda: t
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]

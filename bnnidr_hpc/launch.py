@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 from . import distributed, records
 from .config import Config, run_dir_for
 from .distributed import DistInfo
-from .train import train
+from .train import config_record, train
 
 JOB_FILE = "job.json"  # written by submit into the run directory: job id, log paths, resources
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -143,12 +143,7 @@ def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
 
 def _mark_failed(run_dir: Path, error: str, c: Config) -> None:
     """Record the failure; a job that failed before training wrote anything still gets a record."""
-    from .config import to_dict
-
-    record = records.read_record(run_dir) or {
-        "schema": records.SCHEMA, "run_dir": str(run_dir), "name": c.run.name, "config": to_dict(c),
-        "n": c.data.n, "p": c.data.p, "d": c.data.d, "batch_size": c.batch_size, "world_size": c.world_size,
-        "max_epochs": c.max_epochs, "epochs_done": 0}
+    record = records.read_record(run_dir) or config_record(c, run_dir)
     record.update(status=records.FAILED, error=error, updated_at=time.time())
     records.write_json(run_dir / records.RECORD, record)
 

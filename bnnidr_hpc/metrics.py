@@ -26,22 +26,13 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> t
     return torch.addmm(outer, a, b.T, alpha=-2.0).clamp_min_(0.0)
 
 
-def _moments(x: torch.Tensor):
-    """(sum_i |x_i|^2, sum_i x_i) through BLAS (no float64 copy of x), as float64 scalars/vectors."""
+def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
+    """sum_{i,j} |x_i - x_j|^2 = 2 N sum_i |x_i|^2 - 2 |sum_i x_i|^2, in O(N p): the products go
+    through BLAS (no float64 copy of x) and are combined in float64."""
     flat = x.reshape(-1)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-    return torch.dot(flat, flat).double(), (ones @ x).double()
-
-
-def _sum_sq_rows_vs_all(local: torch.Tensor, full: torch.Tensor, local_moments=None, full_moments=None):
-    """sum_{i in local, j in full} |local_i - full_j|^2 = |F| S_l + |L| S_f - 2 s_l . s_f, in O(N p)."""
-    (sl, vl), (sf, vf) = local_moments or _moments(local), full_moments or _moments(full)
-    return full.shape[0] * sl + local.shape[0] * sf - 2 * (vl * vf).sum()
-
-
-def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
-    """sum_{i,j} |x_i - x_j|^2 = 2 N sum_i |x_i|^2 - 2 |sum_i x_i|^2, in O(N p)."""
-    return _sum_sq_rows_vs_all(x, x).float()
+    sum_sq, col_sums = torch.dot(flat, flat).double(), (ones @ x).double()
+    return (2 * x.shape[0] * sum_sq - 2 * (col_sums * col_sums).sum()).float()
 
 
 class _PairSquaredError(torch.autograd.Function):
@@ -84,8 +75,7 @@ def stress_rows(local_out: torch.Tensor, all_out: torch.Tensor, local_in: torch.
         d_in = squared_distances(local_in, all_in, bf16).sqrt_()
         rows = torch.arange(local_in.shape[0], device=local_in.device)
         d_in[rows, rows + row_offset] = 0.0
-        full = _moments(all_in)
-        denominator = _sum_sq_rows_vs_all(all_in, all_in, full, full).clamp_min(1e-30).float()
+        denominator = total_squared_distance(all_in).clamp_min(1e-30)
     return _PairSquaredError.apply(local_out, all_out, d_in) / denominator
 
 

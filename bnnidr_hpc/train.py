@@ -267,8 +267,8 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     if not interrupted and main:
         # Did the reducer keep the structure? TwoNN of the gallery before and after reduction.
         record["intrinsic_dim"].update(
-            gallery_input=intrinsic.estimate_all(evaluator.gx)["mle"],
-            gallery_output=intrinsic.estimate_all(model.embed(evaluator.gx, c.eval.mc_samples))["mle"])
+            gallery_input=intrinsic.estimate(evaluator.gx, "mle").as_dict(),
+            gallery_output=intrinsic.estimate(model.embed(evaluator.gx, c.eval.mc_samples), "mle").as_dict())
     _update_record(record, state, c, global_batch, steps, started, process_started, status)
     if main:
         if interrupted:
@@ -411,6 +411,21 @@ def _hparams(c: Config) -> dict:
     return flat
 
 
+def config_record(c: Config, run_dir: Path) -> dict:
+    """The record's fields that the config alone decides; also a failed job's whole record."""
+    return {
+        "schema": records.SCHEMA,
+        "run_dir": str(Path(run_dir).resolve()),
+        "name": c.run.name,
+        "config": to_dict(c),
+        "n": c.data.n, "p": c.data.p, "d": c.data.d,
+        "input_dim": c.input_dim, "output_dim": c.output_dim,
+        "batch_size": c.batch_size, "global_batch_size": c.batch_size * c.world_size,
+        "world_size": c.world_size, "num_gpu": c.num_gpu,
+        "max_epochs": c.max_epochs, "epochs_done": 0,
+    }
+
+
 def _base_record(c: Config, info: DistInfo, device, loader: ShardLoader, run_dir: Path) -> dict:
     if device.type == "cuda":
         names = [torch.cuda.get_device_name(device)]
@@ -418,16 +433,10 @@ def _base_record(c: Config, info: DistInfo, device, loader: ShardLoader, run_dir
         names = ["cpu"]
     device_names = names * info.world_size if info.world_size > 1 else names
     return {
-        "schema": records.SCHEMA,
-        "run_dir": str(run_dir.resolve()),
-        "name": c.run.name,
-        "config": to_dict(c),
-        "n": c.data.n, "p": c.data.p, "d": c.data.d,
-        "input_dim": c.input_dim, "output_dim": c.output_dim,
-        "batch_size": c.batch_size, "global_batch_size": c.batch_size * info.world_size,
-        "world_size": info.world_size, "num_gpu": c.num_gpu,
+        **config_record(c, run_dir),
+        "world_size": info.world_size, "global_batch_size": c.batch_size * info.world_size,
         "device_type": device.type, "devices": device_names,
-        "steps_per_epoch": loader.steps_per_epoch, "max_epochs": c.max_epochs,
+        "steps_per_epoch": loader.steps_per_epoch,
         "data_cached": loader.cached,
         "hostname": info.hostname, "slurm_job_id": info.slurm_job_id,
         "versions": records.versions(), "git": records.git_state(),
