@@ -6,8 +6,9 @@ Same model (the schema's default architecture), data and batch (p=1536, batch 10
   toolkit    ShardLoader batches and train.make_step, steady state
   reference  the usual loop: DataLoader over a materialised TensorDataset with shuffling and default
              collation, the loss built fresh with torch.cdist every step, .item() every step
-  roofline   FLOP/s of the model's own matrix products alone (same shapes, forward and backward)
-Model FLOP utilisation = the toolkit's achieved model FLOP/s / the roofline's.
+  roofline   FLOP/s of the step's own matrix products alone (same shapes, forward and backward)
+Model FLOP utilisation = the toolkit's achieved model FLOP/s / the roofline's, both counting the
+products the step executes (the reference executes more: the whole input Gram matrix).
 """
 
 import torch
@@ -18,31 +19,45 @@ from common import Report, quick_flag, seconds_per_call, sync
 from bnnidr_hpc.config import load
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
+from bnnidr_hpc.metrics import GRAM_BLOCK
 from bnnidr_hpc.model import Reducer
 from bnnidr_hpc.train import Optimizers, make_step
 
 
+def gram_blocks(batch: int):
+    """Row counts of the block pairs (on and above the diagonal) the step multiplies for the input
+    distances of a batch against itself (metrics.squared_distances)."""
+    sizes = [min(GRAM_BLOCK, batch - lo) for lo in range(0, batch, GRAM_BLOCK)]
+    return [(a, b) for i, a in enumerate(sizes) for b in sizes[i:]]
+
+
 def model_flops(c, batch: int) -> float:
-    """Matrix-product FLOPs of one step: the MLP forward (2) and backward (4) per weight, the input
-    Gram of the batch (no gradient) and the output Gram forward and backward."""
+    """Matrix-product FLOPs one step executes: the MLP forward (2) and backward (4 per weight, 2 for
+    the first, whose input needs no gradient), the input distances' block products (no gradient)
+    and the output distances forward and backward (one product each: the pairs are symmetric)."""
     sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
-    mlp = sum(6 * batch * a * b for a, b in zip(sizes, sizes[1:]))
-    return mlp + 2 * batch * batch * c.input_dim + 6 * batch * batch * c.output_dim
+    mlp = sum((4 if i == 0 else 6) * batch * a * b for i, (a, b) in enumerate(zip(sizes, sizes[1:])))
+    gram = sum(2 * a * b * c.input_dim for a, b in gram_blocks(batch))
+    return mlp + gram + 4 * batch * batch * c.output_dim
 
 
 def roofline_flops_per_s(c, batch: int, device, iters: int) -> float:
-    """The model's matrix products alone, in the precision the step uses for them (the reduced
-    vectors' distances are float32 in both)."""
+    """The step's matrix products alone, same shapes and precision (the reduced vectors' distances
+    are float32 in both precisions)."""
     dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
     sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
     g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape, dtype=dtype):
+        return torch.randn(shape, device=device, generator=g).to(dtype)
+
     mats = []
-    for a, b in zip(sizes, sizes[1:]):
-        x, w, gy = (torch.randn(s, device=device, generator=g).to(dtype) for s in ((batch, a), (a, b), (batch, b)))
-        mats += [(x, w), (gy, w.T), (x.T, gy)]  # forward, grad input, grad weight
-    x = torch.randn(batch, c.input_dim, device=device, generator=g).to(dtype)
-    y = torch.randn(batch, c.output_dim, device=device, generator=g)
-    mats += [(x, x.T)] + [(y, y.T)] * 3
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        x, w, gy = randn(batch, a), randn(a, b), randn(batch, b)
+        mats += [(x, w), (x.T, gy)] + ([(gy, w.T)] if i else [])  # forward, grad weight, grad input
+    mats += [(randn(rows, c.input_dim), randn(c.input_dim, cols)) for rows, cols in gram_blocks(batch)]
+    y, pairs = randn(batch, c.output_dim, dtype=torch.float32), randn(batch, batch, dtype=torch.float32)
+    mats += [(y, y.T), (pairs, y)]
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
 
     def run():

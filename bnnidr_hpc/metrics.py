@@ -16,14 +16,38 @@ from typing import Tuple
 import torch
 
 
+# Rows per block of a symmetric product: large enough that each block runs at the BLAS's full rate.
+GRAM_BLOCK = 256
+
+
 def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """|a_i - b_j|^2 through one matrix product (the cheapest exact form), clamped at 0.
     addmm folds the norms into the product's epilogue: one pass over the result, not three.
+    b is a (a batch against itself): the result is symmetric, so only the blocks on and above the
+    diagonal are multiplied and the others mirrored - 5/8 of the product's FLOPs at 1024 rows.
     bf16: the product in bfloat16 (norms stay float32): ~4x faster, |error| ~ 2^-8 |a||b|."""
     outer = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
+    if b is a:
+        return _symmetric_minus_2_gram(outer, a, bf16).clamp_min_(0.0)
     if bf16:
-        return outer.sub_((a.bfloat16() @ b.bfloat16().T).float(), alpha=2.0).clamp_min_(0.0)
+        return outer.sub_(a.bfloat16() @ b.bfloat16().T, alpha=2.0).clamp_min_(0.0)
     return torch.addmm(outer, a, b.T, alpha=-2.0).clamp_min_(0.0)
+
+
+def _symmetric_minus_2_gram(out: torch.Tensor, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """out - 2 x x^T in place, multiplying only the blocks on and above the diagonal; those below
+    are copies of their mirror images."""
+    xs = x.bfloat16() if bf16 else x
+    blocks = [slice(lo, lo + GRAM_BLOCK) for lo in range(0, x.shape[0], GRAM_BLOCK)]
+    for i, rows in enumerate(blocks):
+        for cols in blocks[i:]:
+            if bf16:  # the in-place subtraction reads the bfloat16 product as float32
+                out[rows, cols].sub_(xs[rows] @ xs[cols].T, alpha=2.0)
+            else:
+                out[rows, cols].addmm_(xs[rows], xs[cols].T, alpha=-2.0)
+            if cols != rows:
+                out[cols, rows].copy_(out[rows, cols].T)
+    return out
 
 
 def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
@@ -41,10 +65,12 @@ class _PairSquaredError(torch.autograd.Function):
     With D2 = |y_i - Y_j|^2 and d = sqrt(D2): dE/dD2_ij = (d_ij - d_in_ij) / d_ij =: R_ij, and
     dD2/dy_i = 2 (y_i - Y_j), so dE/dy = 2 (y * rowsum R - R Y) and, for the gathered columns,
     dE/dY = 2 (Y * colsum R - R^T y): two small products and a few passes over the B x G
-    matrices instead of autograd's dozen."""
+    matrices instead of autograd's dozen. When Y is y (one rank), R is symmetric and the two
+    terms are equal: one product, doubled."""
 
     @staticmethod
     def forward(ctx, y, full_y, d_in):
+        ctx.symmetric = full_y is y
         d_out = squared_distances(y, full_y).sqrt_()
         err = d_out - d_in
         flat = err.view(-1)
@@ -59,6 +85,8 @@ class _PairSquaredError(torch.autograd.Function):
     def backward(ctx, grad):
         y, full_y, ratio = ctx.saved_tensors
         g = 2.0 * grad.to(y.dtype)
+        if ctx.symmetric:
+            return 2.0 * g * (y * ratio.sum(1, keepdim=True) - ratio @ y), None, None
         grad_y = g * (y * ratio.sum(1, keepdim=True) - ratio @ full_y)
         grad_full = g * (full_y * ratio.sum(0)[:, None] - ratio.T @ y) if ctx.needs_input_grad[1] else None
         return grad_y, grad_full, None
@@ -71,6 +99,8 @@ def stress_rows(local_out: torch.Tensor, all_out: torch.Tensor, local_in: torch.
     row_offset is where this rank's rows sit in the gathered batch: self-pairs are set to d_in = 0
     exactly. The denominator, sum of d_in^2 over the whole batch, is an O(N p) closed form.
     bf16: the input-space product (the largest, B x G x p) in bfloat16."""
+    if local_in.shape[0] == all_in.shape[0]:  # one rank: the batch against itself, symmetric
+        local_in, local_out = all_in, all_out
     with torch.no_grad():
         d_in = squared_distances(local_in, all_in, bf16).sqrt_()
         rows = torch.arange(local_in.shape[0], device=local_in.device)

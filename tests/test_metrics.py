@@ -37,6 +37,17 @@ def test_distances_and_total():
     assert total_squared_distance(x).item() == pytest.approx((torch.cdist(x, x) ** 2).sum().item(), rel=1e-5)
 
 
+def test_a_batch_against_itself_multiplies_half_the_blocks_and_stays_exact():
+    # 600 rows: three 256-row blocks, the last one partial
+    x = torch.randn(600, 70, dtype=torch.float64)
+    mirrored = squared_distances(x, x)
+    assert torch.equal(mirrored[:256, 256:], mirrored[256:, :256].T)  # mirrored, not recomputed
+    assert torch.allclose(mirrored, torch.cdist(x, x) ** 2, atol=1e-9)
+    assert torch.allclose(mirrored, squared_distances(x, x.clone()), atol=1e-9)
+    x32 = x.float()
+    assert torch.allclose(squared_distances(x32, x32, bf16=True), squared_distances(x32, x32.clone(), bf16=True))
+
+
 def test_stress_is_zero_for_an_isometry_and_positive_otherwise():
     x = torch.randn(64, 16)
     rot, _ = torch.linalg.qr(torch.randn(16, 16))
@@ -71,7 +82,7 @@ def test_stress_gradient_matches_the_plain_autograd_formula():
         d_in, d_out = torch.cdist(x, x), torch.cdist(y, y)
         return ((d_out - d_in) ** 2).sum() / (d_in ** 2).sum()
 
-    ours = stress(y, x)
+    ours = stress(y, x)  # one process: the symmetric path (one product in the backward)
     (g_ours,) = torch.autograd.grad(ours, y)
     ref = plain(y)
     (g_ref,) = torch.autograd.grad(ref, y)
