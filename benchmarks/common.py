@@ -10,10 +10,11 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -34,6 +35,20 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
         fn()
     sync(device)
     return (time.perf_counter() - started) / iters
+
+
+def interleaved_seconds(calls: Dict[str, Callable[[], object]], device: torch.device, rounds: int,
+                        iters: int, warmup: int = 3) -> Dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds so that a slow spell
+    of a shared machine falls on all of them alike rather than on whichever ran then."""
+    times = {name: [] for name in calls}
+    for name, fn in calls.items():
+        for _ in range(warmup):
+            fn()
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(seconds_per_call(fn, device, warmup=0, iters=iters))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_rss_gb() -> float:
