@@ -100,7 +100,7 @@ def toolkit_step(c, device):
     loader = ShardLoader(data, c.batch_size, 0, 1)
     torch.manual_seed(0)
     model = Reducer(c).to(device)
-    step = make_step(c, model, model, Optimizers(c, model), DistInfo())
+    step = make_step(c, model, Optimizers(c, model), DistInfo())
     batches = iter(())
 
     def one():

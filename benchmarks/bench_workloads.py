@@ -29,7 +29,7 @@ device = pick_device(DistInfo(), "auto")
 loader = ShardLoader(Hypersphere(c.data, c.seed, device), c.batch_size, 0, 1)
 assert not loader.cached
 model = Reducer(c).to(device)
-step = make_step(c, model, model, Optimizers(c, model), DistInfo())
+step = make_step(c, model, Optimizers(c, model), DistInfo())
 steps, warm = int(sys.argv[2]), 10
 for i, batch in enumerate(loader.epoch(0)):
     if i == warm:

@@ -26,6 +26,9 @@ from .config import DataConfig
 
 CHUNK = 64
 
+# (this rank's batch, the global batch or None, the next step's global batch or None)
+Batch = Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+
 
 def _stream_seed(seed: int, stream: int, index: int) -> int:
     # Disjoint integer seeds per (seed, stream, index); torch's generators decorrelate them.
@@ -116,7 +119,7 @@ class ShardLoader:
         self.steps_per_epoch = cfg.n // (batch_size * world)
         self.cached = cfg.n * cfg.p * 4 <= cfg.cache_gb * 2**30
         self.points = data.range(0, cfg.n)[0] if self.cached else None
-        self._batch = None
+        self._buffers = None
 
     def order(self, epoch: int) -> torch.Tensor:
         n = self.data.cfg.n
@@ -127,21 +130,32 @@ class ShardLoader:
         order = (chunks[:, None] * CHUNK + torch.arange(CHUNK)).flatten()
         return order[order < n]
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        """(this rank's batch, the whole global batch or None) per step. A cached data set gives
-        every rank the global batch from its own copy, so no rank has to gather the others'
-        inputs; a streamed one gives None and the step gathers them."""
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """(this rank's batch, the whole global batch, the next step's global batch) per step.
+        A cached data set gives every rank the global batch from its own copy, so no rank has to
+        gather the others' inputs, and the next one, so that a step can work ahead on it
+        (train.make_step); a streamed one gives (batch, None, None) and the step gathers."""
         device = self.data.device
         order = self.order(epoch).to(device)
         global_batch = self.batch_size * self.world
         rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        for step in range(start_step, self.steps_per_epoch):
+        steps = range(start_step, self.steps_per_epoch)
+        if not self.cached:
+            for step in steps:
+                lo = step * global_batch
+                yield self.data.rows(order[lo + rows.start:lo + rows.stop])[0], None, None
+            return
+        if self._buffers is None:  # two reused buffers, this step's and the next's: no allocation per step
+            self._buffers = [torch.empty(global_batch, self.data.p, device=device) for _ in range(2)]
+
+        def take(step: int) -> Optional[torch.Tensor]:
+            if step >= self.steps_per_epoch:
+                return None
             lo = step * global_batch
-            if self.cached:
-                # One reused buffer: no allocation per step.
-                if self._batch is None:
-                    self._batch = torch.empty(global_batch, self.data.p, device=device)
-                full = torch.index_select(self.points, 0, order[lo:lo + global_batch], out=self._batch)
-                yield full[rows], full
-            else:
-                yield self.data.rows(order[lo + rows.start:lo + rows.stop])[0], None
+            return torch.index_select(self.points, 0, order[lo:lo + global_batch], out=self._buffers[step % 2])
+
+        full = take(start_step)
+        for step in steps:
+            following = take(step + 1)
+            yield full[rows], full, following
+            full = following

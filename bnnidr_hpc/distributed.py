@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -116,44 +116,101 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def wait(work, while_waiting: Optional[Callable[[], bool]] = None) -> None:
+    """Wait for an asynchronous collective. while_waiting: a small piece of independent work,
+    called until the collective completes or it returns False (nothing left), so that the time
+    spent on the network is not lost to the rank."""
+    if while_waiting is not None:
+        while not work.is_completed() and while_waiting():
+            pass
+    work.wait()
+
+
 def all_gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenation of every rank's t (equal shapes), rank order; no gradient."""
     return all_gather_async(t)()
 
 
-def all_gather_async(t: torch.Tensor):
-    """Start gathering t (as all_gather); returns a function that waits and returns the
-    concatenation. Lets a step overlap the input gather with its forward pass."""
+def all_gather_async(t: torch.Tensor, while_waiting: Optional[Callable[[], bool]] = None):
+    """Start gathering t (as all_gather); returns a function that waits (see wait) and returns
+    the concatenation."""
     if not dist.is_initialized():
         return lambda: t
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     work = dist.all_gather(parts, t.contiguous(), async_op=True)
 
-    def wait() -> torch.Tensor:
-        work.wait()
+    def finish() -> torch.Tensor:
+        wait(work, while_waiting)
         return torch.cat(parts)
 
-    return wait
+    return finish
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for this rank's slice."""
+class _GatheredWithGrad(torch.autograd.Function):
+    """Attaches a gathered copy of t to t's graph: the backward sums every rank's gradient for
+    the gathered tensor and hands this rank its slice."""
 
     @staticmethod
-    def forward(ctx, t):
-        ctx.rows = t.shape[0]
-        return all_gather(t)
+    def forward(ctx, t, gathered, while_waiting):
+        ctx.rows, ctx.while_waiting = t.shape[0], while_waiting
+        return gathered
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
-        dist.all_reduce(grad)
+        wait(dist.all_reduce(grad, async_op=True), ctx.while_waiting)
         lo = dist.get_rank() * ctx.rows
-        return grad[lo:lo + ctx.rows]
+        return grad[lo:lo + ctx.rows], None, None
 
 
-def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(t) if dist.is_initialized() else t
+def all_gather_with_grad_async(t: torch.Tensor, while_waiting: Optional[Callable[[], bool]] = None):
+    """Start gathering t (as all_gather_async); the function it returns waits and gives the
+    concatenation, through which gradients flow back to every rank's t. while_waiting also fills
+    the backward's wait for the gradients (see wait)."""
+    if not dist.is_initialized():
+        return lambda: t
+    finish = all_gather_async(t.detach(), while_waiting)
+    return lambda: _GatheredWithGrad.apply(t, finish(), while_waiting)
+
+
+class GradientAverager:
+    """Averages a model's gradients over the ranks after backward(), as DistributedDataParallel
+    does, but the caller starts the all-reduce and waits for it later: the step computes the next
+    batch's input distances while the gradients travel, where DDP would wait inside backward().
+    One flat buffer, one collective per step. Parameters and buffers start as rank 0's (as DDP)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.buffers = list(model.buffers())
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if self.world > 1:
+            with torch.no_grad():
+                for t in self.params + self.buffers:
+                    dist.broadcast(t, 0)
+
+    def start(self):
+        """Start averaging the gradients; the function it returns, given an optional piece of work
+        to do meanwhile (see wait), waits and writes them back."""
+        if self.world == 1:
+            return lambda while_waiting=None: None
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        work = dist.all_reduce(flat, async_op=True)
+
+        def finish(while_waiting: Optional[Callable[[], bool]] = None) -> None:
+            wait(work, while_waiting)
+            flat.div_(self.world)
+            for p, g in zip(self.params, torch.split(flat, [g.numel() for g in grads])):
+                p.grad = g.view_as(p)
+
+        return finish
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (batch-norm running statistics) on every rank, as DDP keeps them,
+        before the ranks evaluate the model together."""
+        if self.world > 1:
+            for b in self.buffers:
+                dist.broadcast(b, 0)
 
 
 def gather_floats(values: List[float], device: torch.device) -> List[List[float]]:

@@ -4,14 +4,17 @@ Used by: train.py; benchmarks.
 
 Stress (DeepMDS, normalised as Kruskal's stress-1 squared):
     sum_{i != j} (|f(x_i) - f(x_j)| - |x_i - x_j|)^2  /  sum_{i != j} |x_i - x_j|^2
-over every ordered pair of the *global* batch. With several ranks each rank computes the rows of
-its own points against the gathered batch, so the loss, and the trained model, are the same as one
-rank with the whole batch.
+over every ordered pair of the *global* batch, so the loss, and the trained model, are the same
+with any number of ranks. The pair matrix is symmetric: split into one block of rows per rank, each
+rank computes its own diagonal block and an equal share of the blocks above the diagonal (the
+round-robin of all-pairs N-body codes), so every pair is computed once over all ranks - half the
+work of each rank taking its rows against the whole batch. The gradients of the gathered outputs
+are summed over ranks (distributed.all_gather_with_grad_async), which adds the shares up.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Generator, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -21,19 +24,43 @@ GRAM_BLOCK = 256
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """|a_i - b_j|^2 through one matrix product (the cheapest exact form), clamped at 0.
-    addmm folds the norms into the product's epilogue: one pass over the result, not three.
+    """|a_i - b_j|^2 through matrix products (the cheapest exact form), clamped at 0.
+    In-place addmm folds the norms into the product's epilogue: one pass over the result.
     b is a (a batch against itself): the result is symmetric, so only the blocks on and above the
     diagonal are multiplied and the others mirrored - 5/8 of the product's FLOPs at 1024 rows.
     bf16: the product in bfloat16 (norms stay float32): ~4x faster, |error| ~ 2^-8 |a||b|."""
+    return _run(squared_distance_pieces(a, b, bf16))
+
+
+def squared_distance_pieces(a: torch.Tensor, b: torch.Tensor, bf16: bool = False
+                            ) -> Generator[None, None, torch.Tensor]:
+    """squared_distances one block product at a time: yields after each, returns the matrix."""
     a_norms = _squared_norms(a)
     b_norms = a_norms if b is a else _squared_norms(b)
-    outer = a_norms[:, None] + b_norms[None, :]
+    out = a_norms[:, None] + b_norms[None, :]
+    xa = a.bfloat16() if bf16 else a
+    xb = xa if b is a else (b.bfloat16() if bf16 else b)
+    blocks = [slice(lo, lo + GRAM_BLOCK) for lo in range(0, a.shape[0], GRAM_BLOCK)]
     if b is a:
-        return _symmetric_minus_2_gram(outer, a, bf16).clamp_min_(0.0)
-    if bf16:
-        return outer.sub_(a.bfloat16() @ b.bfloat16().T, alpha=2.0).clamp_min_(0.0)
-    return torch.addmm(outer, a, b.T, alpha=-2.0).clamp_min_(0.0)
+        for i, rows in enumerate(blocks):
+            for cols in blocks[i:]:
+                _sub_2_product(out[rows, cols], xa[rows], xa[cols], bf16)
+                if cols != rows:
+                    out[cols, rows].copy_(out[rows, cols].T)
+                yield
+    else:
+        for rows in blocks:
+            _sub_2_product(out[rows], xa[rows], xb, bf16)
+            yield
+    return out.clamp_min_(0.0)
+
+
+def _sub_2_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bf16: bool) -> None:
+    """out -= 2 a b^T in place."""
+    if bf16:  # the in-place subtraction reads the bfloat16 product as float32
+        out.sub_(a @ b.T, alpha=2.0)
+    else:
+        out.addmm_(a, b.T, alpha=-2.0)
 
 
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
@@ -41,20 +68,13 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1).square_()
 
 
-def _symmetric_minus_2_gram(out: torch.Tensor, x: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """out - 2 x x^T in place, multiplying only the blocks on and above the diagonal; those below
-    are copies of their mirror images."""
-    xs = x.bfloat16() if bf16 else x
-    blocks = [slice(lo, lo + GRAM_BLOCK) for lo in range(0, x.shape[0], GRAM_BLOCK)]
-    for i, rows in enumerate(blocks):
-        for cols in blocks[i:]:
-            if bf16:  # the in-place subtraction reads the bfloat16 product as float32
-                out[rows, cols].sub_(xs[rows] @ xs[cols].T, alpha=2.0)
-            else:
-                out[rows, cols].addmm_(xs[rows], xs[cols].T, alpha=-2.0)
-            if cols != rows:
-                out[cols, rows].copy_(out[rows, cols].T)
-    return out
+def _run(pieces: Generator):
+    """Run a generator of pieces of work to its end; its return value."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as done:
+            return done.value
 
 
 def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
@@ -99,26 +119,93 @@ class _PairSquaredError(torch.autograd.Function):
         return grad_y, grad_full, None
 
 
-def stress_rows(local_out: torch.Tensor, all_out: torch.Tensor, local_in: torch.Tensor,
-                all_in: torch.Tensor, row_offset: int = 0, bf16: bool = False) -> torch.Tensor:
-    """This rank's share of the normalised stress: its rows against the whole (gathered) batch.
+def pair_blocks(rank: int, world: int, rows: int) -> List[Tuple[slice, slice]]:
+    """The blocks above the diagonal of the global batch's pair matrix that this rank computes,
+    as (row slice, column slice) of the gathered batch; rank r owns rows r*rows..(r+1)*rows.
+    Rank r pairs its rows with those of the next (world - 1) // 2 ranks; with an even world the
+    block with the rank half-way round is shared, each partner taking half of its rows."""
+    def block(r: int) -> slice:
+        return slice(r * rows, (r + 1) * rows)
 
-    row_offset is where this rank's rows sit in the gathered batch: self-pairs are set to d_in = 0
-    exactly. The denominator, sum of d_in^2 over the whole batch, is an O(N p) closed form.
-    bf16: the input-space product (the largest, B x G x p) in bfloat16."""
-    if local_in.shape[0] == all_in.shape[0]:  # one rank: the batch against itself, symmetric
-        local_in, local_out = all_in, all_out
-    with torch.no_grad():
-        d_in = squared_distances(local_in, all_in, bf16).sqrt_()
-        rows = torch.arange(local_in.shape[0], device=local_in.device)
-        d_in[rows, rows + row_offset] = 0.0
-        denominator = total_squared_distance(all_in).clamp_min(1e-30)
-    return _PairSquaredError.apply(local_out, all_out, d_in) / denominator
+    blocks = [(block(rank), block((rank + k) % world)) for k in range(1, (world - 1) // 2 + 1)]
+    if world % 2 == 0:
+        low, high = sorted((rank, (rank + world // 2) % world))
+        middle = low * rows + rows // 2
+        half = slice(low * rows, middle) if rank == low else slice(middle, (low + 1) * rows)
+        blocks.append((half, block(high)))
+    return blocks
+
+
+class PairTargets(NamedTuple):
+    """The input-space side of a rank's share of the stress (no gradient): the distances of the
+    pairs in its blocks and the stress's denominator."""
+    own: slice               # this rank's rows of the global batch
+    d_own: torch.Tensor      # their distances to each other
+    off_diagonal: list       # [(row slice, column slice, their distances)]
+    denominator: torch.Tensor
+
+
+def pair_target_pieces(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False
+                       ) -> Generator[None, None, PairTargets]:
+    """Input distances of this rank's pair blocks of the global batch all_in, one block product
+    at a time (yields after each, returns the PairTargets). The denominator, sum of d_in^2 over the
+    whole batch, is an O(N p) closed form. bf16: these products (the largest, rows x rows x p) in
+    bfloat16."""
+    all_in = all_in.detach()
+    rows = all_in.shape[0] // world
+    own = slice(rank * rows, (rank + 1) * rows)
+    x = all_in[own]
+    d_own = (yield from squared_distance_pieces(x, x, bf16)).sqrt_()
+    d_own.fill_diagonal_(0.0)  # a point's distance to itself is 0, not the product's rounding
+    off_diagonal = []
+    for r, c in pair_blocks(rank, world, rows):
+        off_diagonal.append((r, c, (yield from squared_distance_pieces(all_in[r], all_in[c], bf16)).sqrt_()))
+    return PairTargets(own, d_own, off_diagonal, total_squared_distance(all_in).clamp_min(1e-30))
+
+
+def pair_targets(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False) -> PairTargets:
+    """The whole of pair_target_pieces at once."""
+    return _run(pair_target_pieces(all_in, rank, world, bf16))
+
+
+class PairTargetsAhead:
+    """A global batch's pair targets computed ahead, a block product per work_one() call, so that
+    a step can fill the time it waits for a collective with the next batch's (distributed.wait);
+    result() does whatever is left."""
+
+    def __init__(self, all_in: torch.Tensor, rank: int, world: int, bf16: bool):
+        self.batch = all_in
+        self._pieces = pair_target_pieces(all_in, rank, world, bf16)
+        self._result: Optional[PairTargets] = None
+
+    def work_one(self) -> bool:
+        """One piece of the work; False once there is none left."""
+        if self._result is None:
+            try:
+                next(self._pieces)
+            except StopIteration as done:
+                self._result = done.value
+        return self._result is None
+
+    def result(self) -> PairTargets:
+        while self.work_one():
+            pass
+        return self._result
+
+
+def stress_share(all_out: torch.Tensor, targets: PairTargets) -> torch.Tensor:
+    """This rank's share of the normalised stress of the global batch, given its reduced vectors
+    all_out (gathered with their gradient); the shares of all ranks add up to the stress."""
+    y = all_out[targets.own]
+    total = _PairSquaredError.apply(y, y, targets.d_own)
+    for r, c, d_in in targets.off_diagonal:
+        total = total + 2.0 * _PairSquaredError.apply(all_out[r], all_out[c], d_in)  # (i, j) and (j, i)
+    return total / targets.denominator
 
 
 def stress(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Normalised stress of one batch on one process."""
-    return stress_rows(out, out, x, x, 0)
+    return stress_share(out, pair_targets(x))
 
 
 def average_precision_sums(queries: torch.Tensor, query_labels: torch.Tensor,

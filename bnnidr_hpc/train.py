@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, intrinsic, records
 from .config import Config, ScheduleConfig, to_dict, to_yaml
 from .data import Hypersphere, ShardLoader
 from .distributed import DistInfo
-from .metrics import average_precision_sums, stress_rows
+from .metrics import PairTargetsAhead, average_precision_sums, pair_targets, stress_share
 from .model import Reducer
 
 # With several ranks, a stop request (preemption, time limit) is agreed on every this many steps,
@@ -47,16 +46,19 @@ class Optimizers:
 
     def __init__(self, c: Config, model: torch.nn.Module):
         named = list(model.named_parameters())
+        # One fused kernel per optimizer instead of a dozen per parameter: 3x faster on the CPU.
+        fused = next(model.parameters()).device.type in ("cpu", "cuda")
         self.items = []  # (optimizer, schedule, initial lr)
         for oc in c.optimizers:
             params = [p for n, p in named if fnmatch.fnmatchcase(n, oc.params)]
             lr, wd = c.optimizer_setting(oc, "lr"), c.optimizer_setting(oc, "weight_decay")
             if oc.name == "sgd":
-                opt = torch.optim.SGD(params, lr=lr, momentum=oc.momentum, nesterov=oc.nesterov, weight_decay=wd)
+                opt = torch.optim.SGD(params, lr=lr, momentum=oc.momentum, nesterov=oc.nesterov, weight_decay=wd,
+                                      fused=fused)
             elif oc.name == "adam":
-                opt = torch.optim.Adam(params, lr=lr, betas=tuple(oc.betas), weight_decay=wd)
+                opt = torch.optim.Adam(params, lr=lr, betas=tuple(oc.betas), weight_decay=wd, fused=fused)
             else:
-                opt = torch.optim.AdamW(params, lr=lr, betas=tuple(oc.betas), weight_decay=wd)
+                opt = torch.optim.AdamW(params, lr=lr, betas=tuple(oc.betas), weight_decay=wd, fused=fused)
             self.items.append((opt, c.optimizer_setting(oc, "schedule"), lr))
         self.max_epochs = c.max_epochs
 
@@ -171,11 +173,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         state["seconds_before"] = state.pop("elapsed_at_interruption", state["seconds_before"])
         _set_rng_state(state.pop("rng"), device)
 
-    net = model
-    if world > 1:
-        # Gradients live in the all-reduce buckets: no copy in and out of them each step.
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                      gradient_as_bucket_view=True)
+    averager = distributed.GradientAverager(model)
 
     writer = None
     record = _base_record(c, info, device, loader, run_dir)
@@ -193,7 +191,7 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         records.write_json(run_dir / records.RECORD, record)
 
     progress = _progress(c, main, state["epoch"])
-    train_step = make_step(c, net, model, optimizers, info)
+    train_step = make_step(c, model, optimizers, info, averager)
     first_step_at = None
     interrupted = False
     for epoch in range(state["epoch"], c.max_epochs):
@@ -202,9 +200,9 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         stress_sum = torch.zeros((), device=device)
         kl_sum = torch.zeros((), device=device)
         lrs = optimizers.set_lr(epoch + state["step"] / steps)  # also when no step is left to run
-        for step, (x, full_x) in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
+        for step, batch in enumerate(loader.epoch(epoch, state["step"]), start=state["step"]):
             lrs = optimizers.set_lr(epoch + step / steps)
-            stress, kl = train_step(x, full_x)
+            stress, kl = train_step(*batch)
             stress_sum += stress
             kl_sum += kl
             if first_step_at is None:
@@ -230,7 +228,10 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
         rank_seconds = [s[0] for s in distributed.gather_floats([epoch_seconds], device)]
         eval_started = time.perf_counter()
         last = epoch + 1 == c.max_epochs
-        ap_out = evaluator.model_ap(model) if (last or (epoch + 1) % c.eval.every == 0) else None
+        ap_out = None
+        if last or (epoch + 1) % c.eval.every == 0:
+            averager.sync_buffers()
+            ap_out = evaluator.model_ap(model)
         entry = {
             "epoch": epoch + 1,
             "loss": (stress_total + kl_total) / steps,
@@ -283,31 +284,44 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     return record
 
 
-def make_step(c: Config, net, model: Reducer, optimizers: Optimizers, info: DistInfo):
-    """The training step, (this rank's batch x, the global batch or None) -> (stress, KL term),
-    both detached on the device: no host sync. Without the global batch the step gathers it."""
-    world, row_offset = info.world_size, info.rank * c.batch_size
+def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
+              averager: Optional[distributed.GradientAverager] = None):
+    """The training step, (this rank's batch x, the global batch or None, the next step's global
+    batch or None) -> (stress, KL term), both detached on the device: no host sync. Without the
+    global batch the step gathers it. Given the next one, the step computes its input distances
+    (the largest product) while it waits for its collectives, and uses them in the next call."""
+    world = info.world_size
+    averager = averager or distributed.GradientAverager(model)
     kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
     zero = torch.zeros((), device=next(model.parameters()).device)
-
     bf16 = c.precision == "bf16"
     device_type = zero.device.type
+    ahead: Optional[PairTargetsAhead] = None  # the next global batch's input distances
 
-    def step(x: torch.Tensor, full_x: Optional[torch.Tensor] = None):
+    def step(x: torch.Tensor, full_x: Optional[torch.Tensor] = None, next_full_x: Optional[torch.Tensor] = None):
+        nonlocal ahead
+        current = ahead if ahead is not None and ahead.batch is full_x else None
+        # Whenever the step waits for a collective it computes the next batch's input distances.
+        ahead = PairTargetsAhead(next_full_x, info.rank, world, bf16) if next_full_x is not None else None
+        while_waiting = ahead.work_one if ahead is not None else None
         # Without the global batch, gather it; it travels while the forward pass runs.
         gathered_x = distributed.all_gather_async(x) if full_x is None else None
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(x)
+            out = model(x)
         out = out.float()  # distances of the reduced vectors stay float32: they are cheap
-        all_out = distributed.all_gather_with_grad(out)
-        all_x = full_x if gathered_x is None else gathered_x()
-        stress = stress_rows(out, all_out, x, all_x, row_offset, bf16)
-        loss = world * stress  # DDP averages gradients over ranks; the stress is their sum
+        gathered_out = distributed.all_gather_with_grad_async(out, while_waiting)
+        if current is not None:
+            targets = current.result()
+        else:
+            targets = pair_targets(full_x if gathered_x is None else gathered_x(), info.rank, world, bf16)
+        stress = stress_share(gathered_out(), targets)
+        loss = world * stress  # the gradients are averaged over ranks; the stress is their sum
         kl = zero
         if kl_scale:
             kl = kl_scale * model.kl()
             loss = loss + kl
         loss.backward()
+        averager.start()(while_waiting)
         optimizers.step()
         return stress.detach(), kl.detach()
 

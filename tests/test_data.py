@@ -54,9 +54,14 @@ def test_ranks_slice_one_global_batch():
     one = ShardLoader(h, 40, rank=0, world=1)
     halves = [ShardLoader(h, 20, rank=r, world=2) for r in range(2)]
     assert one.steps_per_epoch == 600 // 40 == halves[0].steps_per_epoch
-    for (whole, _), (a, full_a), (b, full_b) in zip(one.epoch(1), halves[0].epoch(1), halves[1].epoch(1)):
+    previous_next = None
+    for (whole, _, following), (a, full_a, _), (b, full_b, _) in zip(one.epoch(1), halves[0].epoch(1), halves[1].epoch(1)):
         assert torch.equal(whole, torch.cat([a.clone(), b.clone()]))
         assert torch.equal(full_a, whole) and torch.equal(full_b, whole)  # cached: each rank has the global batch
+        if previous_next is not None:
+            assert torch.equal(previous_next, whole)  # the batch announced as next is the next one
+        previous_next = None if following is None else following.clone()
+    assert following is None  # the last step has no next batch
 
 
 def test_streamed_epoch_matches_its_order_and_covers_each_point_once():
@@ -67,10 +72,10 @@ def test_streamed_epoch_matches_its_order_and_covers_each_point_once():
     order = loader.order(0)
     assert sorted(order.tolist()) == list(range(cfg.n))
     x_all, _ = h.range(0, cfg.n)
-    for step, (x, full) in enumerate(loader.epoch(0)):
+    for step, (x, full, following) in enumerate(loader.epoch(0)):
         lo = step * 32 + 16
         assert torch.allclose(x, x_all[order[lo:lo + 16]], atol=1e-6)
-        assert full is None  # streamed: the step gathers the other ranks' points
+        assert full is None and following is None  # streamed: the step gathers the other ranks' points
     # resuming mid-epoch yields the same later batches
     later = list(loader.epoch(0, start_step=3))
     assert torch.equal(later[0][0], list(loader.epoch(0))[3][0])

@@ -3,7 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from bnnidr_hpc.metrics import mean_average_precision, squared_distances, stress, stress_rows, total_squared_distance
+from bnnidr_hpc.metrics import (mean_average_precision, pair_blocks, pair_targets, squared_distances, stress,
+                                stress_share, total_squared_distance)
 
 
 def _sklearn_map(q, ql, g, gl):
@@ -58,10 +59,28 @@ def test_stress_is_zero_for_an_isometry_and_positive_otherwise():
     assert stress(3 * y, 3 * x).item() == pytest.approx(stress(y, x).item(), rel=1e-4)
 
 
-def test_rows_split_over_ranks_add_up_to_the_whole():
-    x, y = torch.randn(40, 12), torch.randn(40, 3)
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 8])
+def test_ranks_compute_every_pair_once_in_equal_shares(world):
+    rows = 7
+    count = torch.zeros(world * rows, world * rows, dtype=torch.int64)
+    work = []
+    for rank in range(world):
+        own = slice(rank * rows, (rank + 1) * rows)
+        count[own, own] += 1
+        blocks = pair_blocks(rank, world, rows)
+        for r, c in blocks:
+            count[r, c] += 1
+            count[c, r] += 1
+        work.append(sum((r.stop - r.start) * (c.stop - c.start) for r, c in blocks))
+    assert torch.equal(count, torch.ones_like(count))
+    assert max(work) - min(work) <= rows  # an odd row count splits a shared block 3 + 4
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_rank_shares_add_up_to_the_whole(world):
+    x, y = torch.randn(12 * world, 12), torch.randn(12 * world, 3)
     whole = stress(y, x)
-    parts = sum(stress_rows(y[r * 10:(r + 1) * 10], y, x[r * 10:(r + 1) * 10], x, r * 10) for r in range(4))
+    parts = sum(stress_share(y, pair_targets(x, r, world)) for r in range(world))
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5)
 
 
@@ -88,10 +107,10 @@ def test_stress_gradient_matches_the_plain_autograd_formula():
     (g_ref,) = torch.autograd.grad(ref, y)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-7)
-    # rows against gathered columns: the two gradient paths add up to the same gradient
-    half = [stress_rows(y[r * 15:(r + 1) * 15], y, x[r * 15:(r + 1) * 15], x, r * 15) for r in range(2)]
-    (g_rows,) = torch.autograd.grad(half[0] + half[1], y)
-    assert torch.allclose(g_rows, g_ref, rtol=1e-4, atol=1e-7)
+    # shares of several ranks (diagonal and off-diagonal blocks) add up to the same gradient
+    for world in (2, 3):
+        (g_shares,) = torch.autograd.grad(sum(stress_share(y, pair_targets(x, r, world)) for r in range(world)), y)
+        assert torch.allclose(g_shares, g_ref, rtol=1e-4, atol=1e-7)
 
 
 def test_float32_self_pairs_do_not_disturb_the_gradient():
