@@ -17,18 +17,54 @@ def test_describe_reads_torchrun_slurm_or_nothing():
     assert (alone.rank, alone.world_size, alone.distributed, alone.slurm_job_id) == (0, 1, False, None)
 
 
-@pytest.mark.parametrize("optimizer,rel", [("sgd", 1e-5), ("adamw", 1e-2)])
-def test_two_gloo_ranks_match_one_rank_with_twice_the_batch(tiny, optimizer, rel):
+@pytest.mark.parametrize("world,optimizer,rel", [(2, "sgd", 1e-5), (2, "adamw", 1e-2), (3, "sgd", 1e-5)])
+def test_gloo_ranks_match_one_rank_with_the_same_global_batch(tiny, world, optimizer, rel):
     # Adam divides by the gradient's running RMS: for parameters whose gradient is near zero it turns
     # float rounding (summation order across ranks) into lr-sized steps; SGD shows the agreement.
-    c1 = tiny("batch_size=64", "num_gpu=1", f"optimizers.0.name={optimizer}")
+    # 2 ranks share their off-diagonal pair block half and half, 3 ranks each take a whole one.
+    global_batch = 24 * world
+    c1 = tiny(f"batch_size={global_batch}", "num_gpu=1", f"optimizers.0.name={optimizer}")
     one = run_local(c1, run_dir_for(c1))
-    c2 = tiny("batch_size=32", "num_gpu=2", f"optimizers.0.name={optimizer}")
+    c2 = tiny("batch_size=24", f"num_gpu={world}", f"optimizers.0.name={optimizer}")
     two = run_local(c2, run_dir_for(c2))
-    assert two["world_size"] == 2 and two["global_batch_size"] == 64
-    assert two["steps_per_epoch"] == one["steps_per_epoch"] == 256 // 64  # n / (batch x world)
+    assert two["world_size"] == world and two["global_batch_size"] == global_batch
+    assert two["steps_per_epoch"] == one["steps_per_epoch"] == 256 // global_batch  # n / (batch x world)
     assert [e["loss"] for e in two["epochs"]] == pytest.approx([e["loss"] for e in one["epochs"]], rel=rel)
     assert two["ap_out"] == pytest.approx(one["ap_out"], abs=1e-3)
     assert two["ap_in"] == pytest.approx(one["ap_in"], abs=1e-9)  # the query split adds up exactly
-    assert all(len(e["rank_epoch_seconds"]) == 2 for e in two["epochs"])
+    assert all(len(e["rank_epoch_seconds"]) == world for e in two["epochs"])
     assert two["slowest_rank_seconds"] >= max(two["epoch_seconds"]) - 1e-9
+
+
+def _average_on_two_ranks(rank, port, out):
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # different starting weights on each rank
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    averager = distributed.GradientAverager(model)
+    started = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 3) * (rank + 1)
+    (model(x)[:, 0] ** 3).sum().backward()  # different gradients and statistics on each rank
+    own = [p.grad.clone() for p in model.parameters()]
+    averager.start()()
+    averaged = [p.grad.clone() for p in model.parameters()]
+    averager.sync_buffers()
+    torch.save({"started": started, "own": own, "averaged": averaged,
+                "buffers": [b.clone() for b in model.buffers()]}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradient_averager_starts_from_rank_0_and_averages_like_ddp(tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_average_on_two_ranks, args=(distributed.free_port(), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(r0["started"], r1["started"]))  # rank 0's weights
+    for g0, g1, a0, a1 in zip(r0["own"], r1["own"], r0["averaged"], r1["averaged"]):
+        assert torch.allclose(a0, (g0 + g1) / 2) and torch.equal(a0, a1)
+    assert not all(torch.equal(a, b) for a, b in zip(r0["own"], r1["own"]))  # there was something to average
+    assert all(torch.equal(a, b) for a, b in zip(r0["buffers"], r1["buffers"]))  # rank 0's running stats

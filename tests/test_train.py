@@ -3,9 +3,11 @@ import json
 import pytest
 import torch
 
-from bnnidr_hpc import cli, records
+from bnnidr_hpc import cli, metrics, records
 from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.train import Optimizers, lr_factor, train
+from bnnidr_hpc.data import Hypersphere, ShardLoader
+from bnnidr_hpc.distributed import DistInfo
+from bnnidr_hpc.train import Optimizers, lr_factor, make_step, train
 from bnnidr_hpc.model import Reducer
 
 METRICS = ("final_loss", "ap_in", "ap_out", "ap_retention")
@@ -130,6 +132,32 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
     assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-6)
+
+
+def test_working_ahead_on_the_next_batch_changes_nothing(tiny, monkeypatch):
+    """A step given the next batch computes its input distances early (while it would wait for
+    collectives); the losses and the model must be exactly those of steps that compute them when
+    they need them, from the loader's two alternating buffers."""
+    import bnnidr_hpc.train as train_module
+
+    computed_in_step = []
+    monkeypatch.setattr(train_module, "pair_targets",
+                        lambda *a: computed_in_step.append(1) or metrics.pair_targets(*a))
+    c = tiny("batch_size=600", "data.n=1800", "data.p=16")  # 3 steps, several 256-row blocks
+    losses, models, in_step = [], [], []
+    for ahead in (True, False):
+        computed_in_step.clear()
+        torch.manual_seed(0)
+        model = Reducer(c)
+        step = make_step(c, model, Optimizers(c, model), DistInfo())
+        loader = ShardLoader(Hypersphere(c.data, c.seed), c.batch_size, 0, 1)
+        losses.append([step(x, full, following if ahead else None)[0].item()
+                       for epoch in range(2) for x, full, following in loader.epoch(epoch)])
+        models.append(model.state_dict())
+        in_step.append(len(computed_in_step))
+    assert in_step == [2, 6]  # ahead: only each epoch's first batch is computed in its own step
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
