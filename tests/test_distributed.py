@@ -17,17 +17,21 @@ def test_describe_reads_torchrun_slurm_or_nothing():
     assert (alone.rank, alone.world_size, alone.distributed, alone.slurm_job_id) == (0, 1, False, None)
 
 
-@pytest.mark.parametrize("world,optimizer,rel", [(2, "sgd", 1e-5), (2, "adamw", 1e-2), (3, "sgd", 1e-5)])
-def test_gloo_ranks_match_one_rank_with_the_same_global_batch(tiny, world, optimizer, rel):
+@pytest.mark.parametrize("world,optimizer,rel,cache_gb", [(2, "sgd", 1e-5, 1), (2, "adamw", 1e-2, 1),
+                                                          (3, "sgd", 1e-5, 1), (2, "sgd", 1e-5, 1e-9)])
+def test_gloo_ranks_match_one_rank_with_the_same_global_batch(tiny, world, optimizer, rel, cache_gb):
     # Adam divides by the gradient's running RMS: for parameters whose gradient is near zero it turns
     # float rounding (summation order across ranks) into lr-sized steps; SGD shows the agreement.
     # 2 ranks share their off-diagonal pair block half and half, 3 ranks each take a whole one.
+    # cache_gb=1e-9: streamed data, every rank makes its own points and the step gathers them.
     global_batch = 24 * world
-    c1 = tiny(f"batch_size={global_batch}", "num_gpu=1", f"optimizers.0.name={optimizer}")
+    common = [f"optimizers.0.name={optimizer}", f"data.cache_gb={cache_gb}"]
+    c1 = tiny(f"batch_size={global_batch}", "num_gpu=1", *common)
     one = run_local(c1, run_dir_for(c1))
-    c2 = tiny("batch_size=24", f"num_gpu={world}", f"optimizers.0.name={optimizer}")
+    c2 = tiny("batch_size=24", f"num_gpu={world}", *common)
     two = run_local(c2, run_dir_for(c2))
     assert two["world_size"] == world and two["global_batch_size"] == global_batch
+    assert one["data_cached"] == two["data_cached"] == (cache_gb >= 1)
     assert two["steps_per_epoch"] == one["steps_per_epoch"] == 256 // global_batch  # n / (batch x world)
     assert [e["loss"] for e in two["epochs"]] == pytest.approx([e["loss"] for e in one["epochs"]], rel=rel)
     assert two["ap_out"] == pytest.approx(one["ap_out"], abs=1e-3)
