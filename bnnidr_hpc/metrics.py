@@ -14,7 +14,7 @@ are summed over ranks (distributed.all_gather_with_grad_async), which adds the s
 
 from __future__ import annotations
 
-from typing import Generator, List, NamedTuple, Optional, Tuple
+from typing import Generator, List, NamedTuple, Tuple
 
 import torch
 
@@ -29,7 +29,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> t
     b is a (a batch against itself): the result is symmetric, so only the blocks on and above the
     diagonal are multiplied and the others mirrored - 5/8 of the product's FLOPs at 1024 rows.
     bf16: the product in bfloat16 (norms stay float32): ~4x faster, |error| ~ 2^-8 |a||b|."""
-    return _run(squared_distance_pieces(a, b, bf16))
+    return Pieces(squared_distance_pieces(a, b, bf16)).result()
 
 
 def squared_distance_pieces(a: torch.Tensor, b: torch.Tensor, bf16: bool = False
@@ -68,13 +68,29 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1).square_()
 
 
-def _run(pieces: Generator):
-    """Run a generator of pieces of work to its end; its return value."""
-    while True:
-        try:
-            next(pieces)
-        except StopIteration as done:
-            return done.value
+class Pieces:
+    """A computation split into pieces (a generator that yields after each and returns its
+    result): work_one() runs the next piece, result() the rest. Lets a step fill the time it waits
+    for a collective with independent work (distributed.wait)."""
+
+    def __init__(self, pieces: Generator):
+        self._pieces = pieces
+        self._result = None
+        self._done = False
+
+    def work_one(self) -> bool:
+        """One piece of the work; False once there is none left."""
+        if not self._done:
+            try:
+                next(self._pieces)
+            except StopIteration as done:
+                self._result, self._done = done.value, True
+        return not self._done
+
+    def result(self):
+        while self.work_one():
+            pass
+        return self._result
 
 
 def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
@@ -165,32 +181,17 @@ def pair_target_pieces(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16
 
 def pair_targets(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False) -> PairTargets:
     """The whole of pair_target_pieces at once."""
-    return _run(pair_target_pieces(all_in, rank, world, bf16))
+    return Pieces(pair_target_pieces(all_in, rank, world, bf16)).result()
 
 
-class PairTargetsAhead:
+class PairTargetsAhead(Pieces):
     """A global batch's pair targets computed ahead, a block product per work_one() call, so that
-    a step can fill the time it waits for a collective with the next batch's (distributed.wait);
-    result() does whatever is left."""
+    a step can fill the time it waits for a collective with the next batch's; result() does
+    whatever is left."""
 
     def __init__(self, all_in: torch.Tensor, rank: int, world: int, bf16: bool):
+        super().__init__(pair_target_pieces(all_in, rank, world, bf16))
         self.batch = all_in
-        self._pieces = pair_target_pieces(all_in, rank, world, bf16)
-        self._result: Optional[PairTargets] = None
-
-    def work_one(self) -> bool:
-        """One piece of the work; False once there is none left."""
-        if self._result is None:
-            try:
-                next(self._pieces)
-            except StopIteration as done:
-                self._result = done.value
-        return self._result is None
-
-    def result(self) -> PairTargets:
-        while self.work_one():
-            pass
-        return self._result
 
 
 def stress_share(all_out: torch.Tensor, targets: PairTargets) -> torch.Tensor:
