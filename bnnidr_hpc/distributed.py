@@ -183,7 +183,10 @@ class GradientAverager:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.buffers = list(model.buffers())
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.flat = None
         if self.world > 1:
+            self.flat = torch.empty(sum(p.numel() for p in self.params), device=self.params[0].device,
+                                    dtype=self.params[0].dtype)
             with torch.no_grad():
                 for t in self.params + self.buffers:
                     dist.broadcast(t, 0)
@@ -194,7 +197,8 @@ class GradientAverager:
         if self.world == 1:
             return lambda while_waiting=None: None
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # One buffer for every step: last step's gradients, its views, were dropped by zero_grad.
+        flat = torch.cat([g.reshape(-1) for g in grads], out=self.flat)
         work = dist.all_reduce(flat, async_op=True)
 
         def finish(while_waiting: Optional[Callable[[], bool]] = None) -> None:
