@@ -31,19 +31,12 @@ def gram_blocks(batch: int):
     return [(a, b) for i, a in enumerate(sizes) for b in sizes[i:]]
 
 
-def model_flops(c, batch: int) -> float:
-    """Matrix-product FLOPs one step executes: the MLP forward (2) and backward (4 per weight, 2 for
-    the first, whose input needs no gradient), the input distances' block products (no gradient)
-    and the output distances forward and backward (one product each: the pairs are symmetric)."""
-    sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
-    mlp = sum((4 if i == 0 else 6) * batch * a * b for i, (a, b) in enumerate(zip(sizes, sizes[1:])))
-    gram = sum(2 * a * b * c.input_dim for a, b in gram_blocks(batch))
-    return mlp + gram + 4 * batch * batch * c.output_dim
-
-
 def roofline(c, batch: int, device):
-    """The step's matrix products alone, same shapes and precision (the reduced vectors' distances
-    are float32 in both precisions): (a function running them once, their FLOPs)."""
+    """The matrix products one step executes, same shapes and precision: (a function running them
+    once, their FLOPs - the step's model FLOPs). The MLP forward (2 per weight) and backward (4, or
+    2 for the first layer, whose input needs no gradient), the input distances' block products (no
+    gradient) and the output distances forward and backward (one product each: the pairs are
+    symmetric; float32 in both precisions)."""
     dtype = torch.bfloat16 if c.precision == "bf16" else torch.float32
     sizes = [c.input_dim] + c.hidden_sizes() + [c.output_dim]
     g = torch.Generator(device=device).manual_seed(0)
@@ -67,6 +60,12 @@ def roofline(c, batch: int, device):
     return run, flops
 
 
+def forever(epoch):
+    """Batches of epoch() over and over: a benchmark may run more steps than an epoch has."""
+    while True:
+        yield from epoch()
+
+
 def reference_step(c, points: torch.Tensor):
     """One step of the usual loop; the DataLoader restarts when an epoch ends."""
     torch.manual_seed(0)
@@ -74,15 +73,10 @@ def reference_step(c, points: torch.Tensor):
     model = Reducer(c).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate)
     loader = DataLoader(TensorDataset(points.cpu()), batch_size=c.batch_size, shuffle=True, drop_last=True)
-    batches = iter(())
+    batches = forever(lambda: iter(loader))
 
     def one():
-        nonlocal batches
-        batch = next(batches, None)
-        if batch is None:
-            batches = iter(loader)
-            batch = next(batches)
-        x = batch[0].to(device)
+        x = next(batches)[0].to(device)
         out = model(x)
         d_in, d_out = torch.cdist(x, x), torch.cdist(out, out)
         loss = ((d_out - d_in) ** 2).sum() / (d_in ** 2).sum()
@@ -101,15 +95,10 @@ def toolkit_step(c, device):
     torch.manual_seed(0)
     model = Reducer(c).to(device)
     step = make_step(c, model, Optimizers(c, model), DistInfo())
-    batches = iter(())
+    batches = forever(lambda: loader.epoch(0))
 
     def one():
-        nonlocal batches
-        batch = next(batches, None)
-        if batch is None:
-            batches = loader.epoch(0)
-            batch = next(batches)
-        step(*batch)
+        step(*next(batches))
 
     return one, loader.points
 
@@ -137,7 +126,7 @@ def main():
     report.add("reference loop (fp32)", reference, "samples/s")
     for precision, c in configs.items():
         toolkit = batch / seconds[f"toolkit {precision}"]
-        achieved = toolkit / batch * model_flops(c, batch)
+        achieved = toolkit / batch * flops[precision]
         ceiling = flops[precision] / seconds[f"roofline {precision}"]
         targeted = precision == target_precision
         report.add(f"toolkit step, {precision}", toolkit, "samples/s")
