@@ -120,6 +120,8 @@ class ShardLoader:
         self.cached = cfg.n * cfg.p * 4 <= cfg.cache_gb * 2**30
         self.points = data.range(0, cfg.n)[0] if self.cached else None
         self._buffers = None
+        self._taken = 0        # batches copied into the buffers, which alternate
+        self._announced = None  # ((epoch, step), batch): the next epoch's first, given ahead
 
     def order(self, epoch: int) -> torch.Tensor:
         n = self.data.cfg.n
@@ -133,8 +135,9 @@ class ShardLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """(this rank's batch, the whole global batch, the next step's global batch) per step.
         A cached data set gives every rank the global batch from its own copy, so no rank has to
-        gather the others' inputs, and the next one, so that a step can work ahead on it
-        (train.make_step); a streamed one gives (batch, None, None) and the step gathers."""
+        gather the others' inputs, and the next one (after the last step, the next epoch's first),
+        so that a step can work ahead on it (train.make_step); a streamed one gives
+        (batch, None, None) and the step gathers."""
         device = self.data.device
         order = self.order(epoch).to(device)
         global_batch = self.batch_size * self.world
@@ -148,14 +151,20 @@ class ShardLoader:
         if self._buffers is None:  # two reused buffers, this step's and the next's: no allocation per step
             self._buffers = [torch.empty(global_batch, self.data.p, device=device) for _ in range(2)]
 
-        def take(step: int) -> Optional[torch.Tensor]:
-            if step >= self.steps_per_epoch:
-                return None
-            lo = step * global_batch
-            return torch.index_select(self.points, 0, order[lo:lo + global_batch], out=self._buffers[step % 2])
+        def take(indices: torch.Tensor) -> torch.Tensor:
+            self._taken += 1
+            return torch.index_select(self.points, 0, indices, out=self._buffers[self._taken % 2])
 
-        full = take(start_step)
+        # The batch announced as the next epoch's first is that epoch's first: the same tensor,
+        # so the work a step did ahead on it is used.
+        announced, self._announced = self._announced, None
+        full = announced[1] if announced is not None and announced[0] == (epoch, start_step) else \
+            take(order[start_step * global_batch:(start_step + 1) * global_batch])
         for step in steps:
-            following = take(step + 1)
+            if step + 1 < self.steps_per_epoch:
+                following = take(order[(step + 1) * global_batch:(step + 2) * global_batch])
+            else:
+                following = take(self.order(epoch + 1)[:global_batch].to(device))
+                self._announced = ((epoch + 1, 0), following)
             yield full[rows], full, following
             full = following
