@@ -26,6 +26,16 @@ def test_map_matches_scikit_learn(block):
     assert ours == pytest.approx(_sklearn_map(q.numpy(), ql.numpy(), gal.numpy(), gl.numpy()), abs=1e-5)
 
 
+def test_map_with_tied_distances_matches_scikit_learn():
+    # integers on a line (their norms, hence distances, are exact): many items, relevant or not,
+    # at exactly the same distance
+    g = torch.Generator().manual_seed(1)
+    q, gal = torch.randint(5, (40, 1), generator=g).float(), torch.randint(5, (200, 1), generator=g).float()
+    ql, gl = torch.randint(3, (40,), generator=g), torch.randint(3, (200,), generator=g)
+    ours = mean_average_precision(q, ql, gal, gl)
+    assert ours == pytest.approx(_sklearn_map(q.numpy(), ql.numpy(), gal.numpy(), gl.numpy()), abs=1e-5)
+
+
 def test_perfect_and_chance_retrieval():
     labels = torch.arange(10).repeat_interleave(20)
     x = labels[:, None].float() * 100 + torch.randn(200, 3)
