@@ -108,7 +108,7 @@ def shutdown(together: bool = True) -> None:
                 if dist.get_backend() == "gloo":
                     # A gloo barrier keeps the collectives still in flight when it starts, and
                     # its worker thread may release them (and their tensors, taking the GIL)
-                    # after this process has begun to exit: SIGABRT in about 1 run in 20.
+                    # after this process has begun to exit: SIGABRT (seen in a core dump).
                     # The monitored barrier meets through point-to-point messages instead.
                     dist.monitored_barrier()
                 else:
