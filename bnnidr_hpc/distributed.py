@@ -117,6 +117,12 @@ def shutdown(together: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait until every rank is here."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t)

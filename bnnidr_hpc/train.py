@@ -196,6 +196,9 @@ def _train(c, run_dir, info, device, started, process_started, stop_requested) -
     interrupted = False
     for epoch in range(state["epoch"], c.max_epochs):
         model.train()
+        # Rank 0 wrote the last epoch's files while the others went on to wait in the first step:
+        # their clocks would count its writing as training time and make them look like stragglers.
+        distributed.barrier()
         epoch_started = time.perf_counter()
         stress_sum = torch.zeros((), device=device)
         kl_sum = torch.zeros((), device=device)

@@ -72,3 +72,38 @@ def test_gradient_averager_starts_from_rank_0_and_averages_like_ddp(tmp_path):
         assert torch.allclose(a0, (g0 + g1) / 2) and torch.equal(a0, a1)
     assert not all(torch.equal(a, b) for a, b in zip(r0["own"], r1["own"]))  # there was something to average
     assert all(torch.equal(a, b) for a, b in zip(r0["buffers"], r1["buffers"]))  # rank 0's running stats
+
+
+def _train_with_slow_checkpoints_on_rank_0(rank, port, c, run_dir):
+    import time
+
+    from bnnidr_hpc import train as train_module
+
+    save = train_module._save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(1.0)
+        save(*args, **kwargs)
+
+    if rank == 0:
+        train_module._save_checkpoint = slow_save
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    train_module.train(c, run_dir, distributed.describe(env))
+
+
+def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
+    # Only rank 0 writes the checkpoint after each epoch; the other ranks must not count waiting for
+    # it as training, or the record would name them the slow ranks.
+    import torch.multiprocessing as mp
+
+    from bnnidr_hpc import records
+
+    c = tiny("num_gpu=2", "batch_size=16")
+    run_dir = run_dir_for(c)
+    mp.start_processes(_train_with_slow_checkpoints_on_rank_0, args=(distributed.free_port(), c, run_dir),
+                       nprocs=2, start_method="spawn")
+    record = records.read_record(run_dir)
+    assert record["status"] == "completed" and record["epochs_done"] == 3
+    assert record["session_seconds"] > 3 * 1.0  # the slow writes happened
+    assert max(record["slowest_rank_seconds"], *record["epoch_seconds"]) < 1.0
