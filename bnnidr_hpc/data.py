@@ -18,7 +18,7 @@ Points n, n+1, ... follow the training set and serve as the held-out evaluation 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
@@ -26,8 +26,22 @@ from .config import DataConfig
 
 CHUNK = 64
 
+
+class NextBatch:
+    """The next step's global batch, copied from the cached points when first asked for: a step
+    that waits for a collective copies it then (train.make_step), else the loader does."""
+
+    def __init__(self, copy: Callable[[], torch.Tensor]):
+        self._copy, self._batch = copy, None
+
+    def __call__(self) -> torch.Tensor:
+        if self._batch is None:
+            self._batch = self._copy()
+        return self._batch
+
+
 # (this rank's batch, the global batch or None, the next step's global batch or None)
-Batch = Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+Batch = Tuple[torch.Tensor, Optional[torch.Tensor], Optional[NextBatch]]
 
 
 def _stream_seed(seed: int, stream: int, index: int) -> int:
@@ -136,8 +150,8 @@ class ShardLoader:
         """(this rank's batch, the whole global batch, the next step's global batch) per step.
         A cached data set gives every rank the global batch from its own copy, so no rank has to
         gather the others' inputs, and the next one (after the last step, the next epoch's first),
-        so that a step can work ahead on it (train.make_step); a streamed one gives
-        (batch, None, None) and the step gathers."""
+        not yet copied (NextBatch), so that a step can copy it and work ahead on it while it waits
+        (train.make_step); a streamed one gives (batch, None, None) and the step gathers."""
         device = self.data.device
         order = self.order(epoch).to(device)
         global_batch = self.batch_size * self.world
@@ -158,13 +172,13 @@ class ShardLoader:
         # The batch announced as the next epoch's first is that epoch's first: the same tensor,
         # so the work a step did ahead on it is used.
         announced, self._announced = self._announced, None
-        full = announced[1] if announced is not None and announced[0] == (epoch, start_step) else \
+        full = announced[1]() if announced is not None and announced[0] == (epoch, start_step) else \
             take(order[start_step * global_batch:(start_step + 1) * global_batch])
         for step in steps:
             if step + 1 < self.steps_per_epoch:
-                following = take(order[(step + 1) * global_batch:(step + 2) * global_batch])
+                following = NextBatch(lambda lo=(step + 1) * global_batch: take(order[lo:lo + global_batch]))
             else:
-                following = take(self.order(epoch + 1)[:global_batch].to(device))
+                following = NextBatch(lambda: take(self.order(epoch + 1)[:global_batch].to(device)))
                 self._announced = ((epoch + 1, 0), following)
             yield full[rows], full, following
-            full = following
+            full = following()

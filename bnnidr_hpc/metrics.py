@@ -14,7 +14,7 @@ are summed over ranks (distributed.all_gather_with_grad_async), which adds the s
 
 from __future__ import annotations
 
-from typing import Generator, List, NamedTuple, Tuple
+from typing import Callable, Generator, List, NamedTuple, Tuple
 
 import torch
 
@@ -185,28 +185,37 @@ def pair_targets(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool
 
 
 class PairTargetsAhead(Pieces):
-    """A global batch's pair targets computed ahead, a block product per work_one() call, so that
-    a step can fill the time it waits for a collective with the next batch's; result() does
-    whatever is left."""
+    """The pair targets of the global batch that next_batch() returns, computed ahead: a first
+    work_one() call gets the batch (copies it, data.NextBatch), each later one does a block
+    product, so that a step can fill the time it waits for a collective with the next batch's
+    work; result() does whatever is left."""
 
-    def __init__(self, all_in: torch.Tensor, rank: int, world: int, bf16: bool):
-        super().__init__(pair_target_pieces(all_in, rank, world, bf16))
-        self.batch = all_in
+    def __init__(self, next_batch: Callable[[], torch.Tensor], rank: int, world: int, bf16: bool):
+        def pieces():
+            all_in = next_batch()
+            yield
+            return (yield from pair_target_pieces(all_in, rank, world, bf16))
+
+        super().__init__(pieces())
+        self.next_batch = next_batch
 
 
-def stress_share(all_out: torch.Tensor, targets: PairTargets) -> torch.Tensor:
-    """This rank's share of the normalised stress of the global batch, given its reduced vectors
-    all_out (gathered with their gradient); the shares of all ranks add up to the stress."""
-    y = all_out[targets.own]
-    total = _PairSquaredError.apply(y, y, targets.d_own)
-    for r, c, d_in in targets.off_diagonal:
-        total = total + 2.0 * _PairSquaredError.apply(all_out[r], all_out[c], d_in)  # (i, j) and (j, i)
+def stress_share(out: torch.Tensor, gathered: Callable[[], torch.Tensor], targets: PairTargets) -> torch.Tensor:
+    """This rank's share of the normalised stress of the global batch; the shares of all ranks add
+    up to the stress. out: this rank's reduced vectors; gathered: returns every rank's, with their
+    gradient (distributed.all_gather_with_grad_async). The rank's own block needs out alone, so it
+    is computed before gathered() is called: the gather travels meanwhile."""
+    total = _PairSquaredError.apply(out, out, targets.d_own)
+    if targets.off_diagonal:
+        all_out = gathered()
+        for r, c, d_in in targets.off_diagonal:
+            total = total + 2.0 * _PairSquaredError.apply(all_out[r], all_out[c], d_in)  # (i, j) and (j, i)
     return total / targets.denominator
 
 
 def stress(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Normalised stress of one batch on one process."""
-    return stress_share(out, pair_targets(x))
+    return stress_share(out, lambda: out, pair_targets(x))
 
 
 def average_precision_sums(queries: torch.Tensor, query_labels: torch.Tensor,

@@ -60,10 +60,10 @@ def test_ranks_slice_one_global_batch():
         assert torch.equal(full_a, whole) and torch.equal(full_b, whole)  # cached: each rank has the global batch
         if previous_next is not None:
             assert torch.equal(previous_next, whole)  # the batch announced as next is the next one
-        previous_next = following.clone()
+        previous_next = following().clone()
     # after the last step, the batch announced as next is the next epoch's first, the same tensor
     first_of_next = next(one.epoch(2))
-    assert torch.equal(previous_next, first_of_next[1]) and first_of_next[1] is following
+    assert torch.equal(previous_next, first_of_next[1]) and first_of_next[1] is following()
     assert not torch.equal(previous_next[:5], whole[:5])
 
 
