@@ -1,6 +1,6 @@
 import pytest
 
-from bnnidr_hpc import distributed
+from bnnidr_hpc import distributed, launch
 from bnnidr_hpc.config import run_dir_for
 from bnnidr_hpc.launch import run_local
 
@@ -87,9 +87,7 @@ def _train_with_slow_checkpoints_on_rank_0(rank, port, c, run_dir):
 
     if rank == 0:
         train_module._save_checkpoint = slow_save
-    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
-    train_module.train(c, run_dir, distributed.describe(env))
+    launch._local_rank(rank, c, run_dir, port)  # what `run --gpus 2` runs on each rank
 
 
 def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
@@ -101,7 +99,7 @@ def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
 
     c = tiny("num_gpu=2", "batch_size=16")
     run_dir = run_dir_for(c)
-    mp.start_processes(_train_with_slow_checkpoints_on_rank_0, args=(distributed.free_port(), c, run_dir),
+    mp.start_processes(_train_with_slow_checkpoints_on_rank_0, args=(distributed.free_port(), c, str(run_dir)),
                        nprocs=2, start_method="spawn")
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["epochs_done"] == 3
