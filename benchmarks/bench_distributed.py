@@ -112,6 +112,7 @@ def main():
     epochs = 4 if quick else 10
     common = [f"max_epochs={epochs}", "run.threads=1", "run.progress=false", "run.graph=false", f"eval.every={epochs}"]
     rounds = 2 if quick else 3
+    probe_steps = 40 if quick else 100
     with tempfile.TemporaryDirectory() as root:
         # Alternating 1- and 2-rank runs, medians of their steady epochs: a slow spell of this
         # shared machine then falls on both alike.
@@ -122,7 +123,6 @@ def main():
                 c = load(CONF, common + [f"num_gpu={world}", f"batch_size={batch}", f"run.root={root}/{r}"])
                 rec = run_local(c, run_dir_for(c))
                 epoch_seconds[world] += rec["epoch_seconds"][1:]
-            probe_steps = 40 if quick else 100
             probe_efficiency.append(_probe_seconds(1, probe_steps, root) / (2 * _probe_seconds(2, probe_steps, root)))
         steady = {world: statistics.median(s) for world, s in epoch_seconds.items()}
         for world in (1, 2):
