@@ -9,9 +9,9 @@ in training (ShardLoader.epoch); the clock covers generation alone.
 
 from common import Report, peak_rss_gb, quick_flag, seconds_per_call
 
-from bnnidr_hpc.config import load
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
+from bnnidr_hpc.loading import load
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
         loader = ShardLoader(Hypersphere(c.data, c.seed, device), c.batch_size, rank=world - 1, world=world)
         assert not loader.cached
         batches = loader.epoch(0)
-        seconds = seconds_per_call(lambda: next(batches), device, warmup=3, iters=40 if quick else 200)
+        seconds = seconds_per_call(lambda batches=batches: next(batches), device, warmup=3, iters=40 if quick else 200)
         report.add(f"samples made per second, rank {world - 1} of {world}", c.batch_size / seconds, "samples/s")
     full_gb = c.data.n * c.data.p * 4 / 2**30
     report.add("the whole data set as float32", full_gb, "GB")

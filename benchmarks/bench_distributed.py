@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from common import Report, quick_flag
 
-from bnnidr_hpc.config import load, run_dir_for
+from bnnidr_hpc.config import run_dir_for
 from bnnidr_hpc.distributed import free_port
-from bnnidr_hpc.launch import run_local
+from bnnidr_hpc.job import run_local
+from bnnidr_hpc.loading import load
 from bnnidr_hpc.model import Reducer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf" / "hps_00043.yaml")
@@ -74,7 +74,7 @@ def _collectives(rank, port, shapes, params, iters, out):
     dist.destroy_process_group()
 
 
-PROBE_PRODUCTS = 32  # of 256x1024 by 1024x256, one thread: about 45 ms, a 1000-point step
+PROBE_PRODUCTS = 32  # of 256x1024 by 1024x256 on one thread: about the work of a 1000-point step
 
 
 def _lockstep_probe(rank, world, port, steps, out):
@@ -134,7 +134,7 @@ def main():
                    + ", ".join(f"{e:.2f}" for e in probe_efficiency) + ")", ceiling, "")
         report.add("  efficiency / lockstep ceiling", efficiency / ceiling, "")
         c = load(CONF, [])
-        params = sum(p.numel() for p in Reducer(c).parameters())
+        params = sum(p.numel() for p in Reducer(c.model_spec()).parameters())
         out = os.path.join(root, "collectives")
         mp.start_processes(_collectives, args=(free_port(), [(500, c.output_dim)], params,
                                                20 if quick else 100, out), nprocs=2, start_method="spawn")

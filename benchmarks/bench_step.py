@@ -12,16 +12,16 @@ products the step executes (the reference executes more: the whole input Gram ma
 """
 
 import torch
+from common import Report, interleaved_seconds, quick_flag
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import Report, interleaved_seconds, quick_flag
-
-from bnnidr_hpc.config import load
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
+from bnnidr_hpc.loading import load
 from bnnidr_hpc.metrics import GRAM_BLOCK
 from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.train import Optimizers, make_step
+from bnnidr_hpc.optim import Optimizers
+from bnnidr_hpc.step import make_step
 
 
 def gram_blocks(batch: int):
@@ -70,7 +70,7 @@ def reference_step(c, points: torch.Tensor):
     """One step of the usual loop; the DataLoader restarts when an epoch ends."""
     torch.manual_seed(0)
     device = points.device
-    model = Reducer(c).to(device)
+    model = Reducer(c.model_spec()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate)
     loader = DataLoader(TensorDataset(points.cpu()), batch_size=c.batch_size, shuffle=True, drop_last=True)
     batches = forever(lambda: iter(loader))
@@ -93,8 +93,8 @@ def toolkit_step(c, device):
     data = Hypersphere(c.data, c.seed, device)
     loader = ShardLoader(data, c.batch_size, 0, 1)
     torch.manual_seed(0)
-    model = Reducer(c).to(device)
-    step = make_step(c, model, Optimizers(c, model), DistInfo())
+    model = Reducer(c.model_spec()).to(device)
+    step = make_step(c, model, Optimizers(c.optimizers, c.max_epochs, model), DistInfo())
     batches = forever(lambda: loader.epoch(0))
 
     def one():
@@ -124,7 +124,7 @@ def main():
     batch = configs["fp32"].batch_size
     reference = batch / seconds["reference"]
     report.add("reference loop (fp32)", reference, "samples/s")
-    for precision, c in configs.items():
+    for precision in configs:
         toolkit = batch / seconds[f"toolkit {precision}"]
         achieved = toolkit / batch * flops[precision]
         ceiling = flops[precision] / seconds[f"roofline {precision}"]

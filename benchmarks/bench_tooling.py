@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import Report, quick_flag, run_child, seconds_per_call
 
 from bnnidr_hpc.distributed import DistInfo, pick_device
@@ -34,7 +33,7 @@ def fake_record(i: int) -> dict:
 
 
 def submit_to_first_step(root: str):
-    from bnnidr_hpc.launch import slurm_available
+    from bnnidr_hpc.submit import slurm_available
 
     if slurm_available():
         return None

@@ -19,17 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 PARTIAL_EPOCH = """
 import sys, time, torch
-from bnnidr_hpc.config import load
+from bnnidr_hpc.loading import load
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
 from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.train import Optimizers, make_step
+from bnnidr_hpc.optim import Optimizers
+from bnnidr_hpc.step import make_step
 c = load(sys.argv[1], sys.argv[3:])
 device = pick_device(DistInfo(), "auto")
 loader = ShardLoader(Hypersphere(c.data, c.seed, device), c.batch_size, 0, 1)
 assert not loader.cached
-model = Reducer(c).to(device)
-step = make_step(c, model, Optimizers(c, model), DistInfo())
+model = Reducer(c.model_spec()).to(device)
+step = make_step(c, model, Optimizers(c.optimizers, c.max_epochs, model), DistInfo())
 steps, warm = int(sys.argv[2]), 10
 for i, batch in enumerate(loader.epoch(0)):
     if i == warm:

@@ -42,7 +42,7 @@ def interleaved_seconds(calls: Dict[str, Callable[[], object]], device: torch.de
     """Median seconds per call of each function, timed in alternating rounds so that a slow spell
     of a shared machine falls on all of them alike rather than on whichever ran then."""
     times = {name: [] for name in calls}
-    for name, fn in calls.items():
+    for fn in calls.values():
         for _ in range(warmup):
             fn()
     for _ in range(rounds):
@@ -93,7 +93,6 @@ def quick_flag() -> bool:
 def run_child(cmd, env=None, cwd=None):
     """Run a command; (wall seconds from start to exit, its peak resident memory in GB, output)."""
     import subprocess
-
     import tempfile
 
     with tempfile.TemporaryFile("w+") as log:  # a pipe would block a child that writes much

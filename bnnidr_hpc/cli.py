@@ -1,28 +1,30 @@
 """The `bnnidr-hpc` command.
 
-  bnnidr-hpc run [CONFIG] [key=value ...] [--gpus N] [--force]   train here (one device, or N local ranks)
+  bnnidr-hpc run [CONFIG] [key=value ...] [--gpus N] [--force]   train here (one device, N local ranks, torchrun)
   bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--dry-run] [--local] [--force]
   bnnidr-hpc status DIR [--follow]                               jobs of a run or sweep directory
   bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
   bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
 
-Bad input is one line on stderr and exit status 2, before anything is created.
+Bad input is one line on stderr and exit status 2, before anything is created. This module parses
+arguments and prints; the work is done by job.py, submit.py, status.py, intrinsic.py and collect.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .config import ConfigError, Config, load, run_dir_for
-from .records import COMPLETED, read_record
+from .config import ConfigError, run_dir_for
+from .loading import load
+from .records import COMPLETED, fmt, read_record, set_aside
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 3
 
 
 class UsageError(Exception):
@@ -41,28 +43,6 @@ def split_config_and_overrides(args: List[str]) -> Tuple[Optional[str], List[str
     return config, overrides
 
 
-def _summary(record: dict) -> str:
-    def f(v, spec=".4f"):
-        return "-" if v is None else format(v, spec)
-
-    return (f"{record['status']}: {record['run_dir']}\n"
-            f"  epochs {record['epochs_done']}/{record['max_epochs']}  loss {f(record['final_loss'])}  "
-            f"AP in {f(record['ap_in'])} -> out {f(record['ap_out'])} (retention {f(record['ap_retention'], '.3f')})  "
-            f"{f(record['samples_per_s'], '.0f')} samples/s  {f(record['total_seconds'], '.1f')} s")
-
-
-def _prepare_run_dir(c: Config, force: bool) -> Tuple[Path, Optional[dict]]:
-    """The run's directory; a completed record there is returned (and not rerun) unless force."""
-    run_dir = run_dir_for(c)
-    record = read_record(run_dir)
-    if record and record.get("status") == COMPLETED and not force:
-        return run_dir, record
-    if force and run_dir.exists():
-        # Keep the old run beside the new one rather than deleting results.
-        shutil.move(str(run_dir), f"{run_dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    return run_dir, None
-
-
 def parse_gpus(text: str) -> List[int]:
     try:
         gpus = [int(x) for x in text.split(",")]
@@ -73,167 +53,114 @@ def parse_gpus(text: str) -> List[int]:
     return gpus
 
 
+def _summary(record: dict) -> str:
+    return (f"{record['status']}: {record['run_dir']}\n"
+            f"  epochs {record['epochs_done']}/{record['max_epochs']}  loss {fmt(record['final_loss'])}  "
+            f"AP in {fmt(record['ap_in'])} -> out {fmt(record['ap_out'])} "
+            f"(retention {fmt(record['ap_retention'], '.3f')})  "
+            f"{fmt(record['samples_per_s'], '.0f')} samples/s  {fmt(record['total_seconds'], '.1f')} s")
+
+
 def cmd_run(ns) -> int:
-    from .launch import run_local
+    from . import distributed
+    from .job import check_local, run_local
 
     config_path, overrides = split_config_and_overrides(ns.args)
     if ns.gpus is not None:
         overrides.append(f"num_gpu={parse_gpus(str(ns.gpus))[0]}")
     c = load(config_path, overrides)
-    if c.num_nodes != 1:
-        raise UsageError(f"num_nodes={c.num_nodes} is not allowed for run: one machine; use submit --nodes")
-    run_dir, done = _prepare_run_dir(c, ns.force)
-    if done:
-        print(f"already completed (use --force to train again):\n{_summary(done)}")
+    check_local(c)
+    main_rank = distributed.describe().is_main  # under torchrun, rank 0 alone speaks
+    run_dir = run_dir_for(c)
+    done = read_record(run_dir)
+    if done and done.get("status") == COMPLETED and not ns.force:
+        if main_rank:
+            print(f"already completed (use --force to train again):\n{_summary(done)}")
         return 0
+    if ns.force and main_rank:
+        set_aside(run_dir)
     record = run_local(c, run_dir)
-    print(_summary(record))
-    if record["status"] != "completed":
-        print("interrupted: run the same command again to resume from the checkpoint", file=sys.stderr)
-        return 3
+    if main_rank:
+        print(_summary(record))
+    if record["status"] != COMPLETED:
+        if main_rank:
+            print("interrupted: run the same command again to resume from the checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
-def expand_sweep(overrides: List[str]) -> List[List[str]]:
-    """Hydra's sweep syntax (batch_size=128,256 ...) expanded into one override list per point."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        raise UsageError(f"overrides: {str(exc).splitlines()[0]}; write key=value or key=a,b,c") from None
-    return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
-
-
-def _sweep_dir(root: str, name: str, spec: dict) -> Path:
-    import hashlib
-    import json
-
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(root).resolve() / f"{name or 'default'}-sweep-{digest}"
-
-
 def cmd_submit(ns) -> int:
-    from . import launch
-    from .config import to_yaml
+    from . import submit
 
     config_path, overrides = split_config_and_overrides(ns.args)
-    if ns.nodes < 1:
-        raise UsageError(f"--nodes={ns.nodes} is not allowed: a positive integer")
-    # The config's own sweep preset (read, not validated: the sweep's values are not in yet).
-    from omegaconf import OmegaConf
-
-    from .config import compose
-
-    preset = OmegaConf.to_object(compose(config_path, [o for o in overrides if "," not in o]).sweep)
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    overrides = overrides + [f"{k}={v}" for k, v in preset.grid.items() if k not in given]
-    combos = expand_sweep(overrides)
-    gpus_list = parse_gpus(ns.gpus) if ns.gpus else (list(preset.gpus) or [None])
-    first = load(config_path, combos[0])
-    sweep_dir = None
-    if len(combos) * len(gpus_list) > 1:
-        spec = {"config": str(Path(config_path).resolve()) if config_path else None, "gpus": gpus_list,
-                "nodes": ns.nodes, "overrides": overrides}
-        sweep_dir = _sweep_dir(first.run.root, first.run.name, spec)
-    # Every point is validated before anything is submitted.
-    points = []
-    for gpus in gpus_list:
-        for combo in combos:
-            extra = [f"num_nodes={ns.nodes}"] + ([f"num_gpu={gpus}"] if gpus else [])
-            extra += [f"run.root={sweep_dir}"] if sweep_dir else []
-            c = load(config_path, combo + extra)
-            points.append(launch.Point(c, run_dir_for(c)))
-
-    groups: dict = {}
-    for point in points:
-        c = point.config
-        groups.setdefault((c.num_gpu, c.num_nodes, c.cluster.name), []).append(point)
-
-    def folder_of(group):
-        return (sweep_dir / "slurm") if sweep_dir else (group[0].run_dir / "slurm")
-
+    plan = submit.plan(config_path, overrides, parse_gpus(ns.gpus) if ns.gpus else None, ns.nodes)
     if ns.dry_run:
-        for point in points:
-            print(f"# run directory: {point.run_dir}\n{to_yaml(point.config)}")
-        for group in groups.values():
-            print(f"# sbatch script for {len(group)} run(s), {group[0].config.num_nodes} node(s) x "
-                  f"{group[0].config.num_gpu} GPU(s)")
-            print(launch.sbatch_script(group[0].config, folder_of(group), len(group) if len(group) > 1 else None))
-        print(f"dry run: {len(points)} run(s) validated, nothing submitted")
+        for text in submit.dry_run(plan):
+            print(text)
+        print(f"dry run: {len(plan.points)} run(s) validated, nothing submitted")
         return 0
     if not ns.local:
-        reason = launch.slurm_available()
+        reason = submit.slurm_available()
         if reason:
             raise UsageError(f"submit: {reason}; train here with `bnnidr-hpc run {config_path or ''} ...` "
                              f"or use `bnnidr-hpc submit --local`")
-
-    for key, group in list(groups.items()):
-        todo = []
-        for point in group:
-            record = read_record(point.run_dir)
-            job = launch.read_job(point.run_dir)
-            slurm = launch.job_state(job["job_id"]) if job and job.get("executor") == "slurm" else {}
-            if record and record.get("status") == "completed" and not ns.force:
-                print(f"completed, not rerun (--force to rerun): {point.run_dir}  AP {record.get('ap_out')}")
-            elif slurm.get("JobState") and slurm["JobState"] not in launch.TERMINAL and not ns.force:
-                print(f"already {slurm['JobState'].lower()} as job {job['job_id']}: {point.run_dir}")
-            else:
-                if ns.force:
-                    _prepare_run_dir(point.config, force=True)
-                elif record:
-                    print(f"resuming from its checkpoint: {point.run_dir}")
-                todo.append(point)
-        if todo:
-            for point, info in zip(todo, launch.submit_group(todo, folder_of(todo), ns.local)):
-                print(f"submitted job {info['job_id']}: {point.run_dir}")
-    target = sweep_dir or points[0].run_dir
-    print(f"follow with: bnnidr-hpc status {target} --follow")
+    submit.classify(plan, ns.force)
+    for point in plan.points:
+        if point.action == submit.DONE:
+            print(f"completed, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
+        elif point.action == submit.QUEUED:
+            print(f"already {point.detail}: {point.run_dir}")
+        elif point.action == submit.RESUME:
+            print(f"resuming from its checkpoint: {point.run_dir}")
+    for point, info in submit.submit(plan, ns.local, ns.force):
+        print(f"submitted job {info['job_id']}: {point.run_dir}")
+    print(f"follow with: bnnidr-hpc status {plan.target} --follow")
     return 0
 
 
 def cmd_status(ns) -> int:
-    from . import launch
+    from . import status
 
     root = Path(ns.dir)
     if not root.is_dir():
         raise UsageError(f"status: {ns.dir!r} is not a directory (give a run or sweep directory)")
-    run_dirs = launch.find_run_dirs(root)
+    run_dirs = status.find_run_dirs(root)
     if not run_dirs:
         raise UsageError(f"status: no runs under {ns.dir!r} (a run directory holds record.json or job.json)")
     if not ns.follow:
-        for line in launch.status_table([launch.run_status(d) for d in run_dirs]):
+        for line in status.status_table([status.run_status(d) for d in run_dirs]):
             print(line)
         return 0
-    return launch.follow(run_dirs, ns.interval)
+    seen = {d: 0 for d in run_dirs}
+    while True:  # each run's epochs as they are written, then the final table; exit 1 if any failed
+        for d in run_dirs:
+            lines, seen[d] = status.new_epoch_lines(d, seen[d])
+            for line in lines:
+                print(line, flush=True)
+        rows = [status.run_status(d) for d in run_dirs]
+        if status.all_ended(rows):
+            for line in status.status_table(rows):
+                print(line)
+            return 1 if any(r["state"] != "completed" for r in rows) else 0
+        time.sleep(ns.interval)
 
 
 def cmd_estimate_id(ns) -> int:
-    import torch
-
     from . import intrinsic
-    from .data import Hypersphere
-    from .distributed import DistInfo, pick_device
 
     config_path, overrides = split_config_and_overrides(ns.args)
     c = load(config_path, overrides)
     if ns.sample < 3:
         raise UsageError(f"--sample={ns.sample} is not allowed: at least 3 points")
-    n = min(ns.sample, c.data.n)
-    device = pick_device(DistInfo(), c.run.device)
-    started = time.perf_counter()
-    x, _ = Hypersphere(c.data, c.seed, device).range(0, n)
-    estimates = intrinsic.estimate_all(x)
-    seconds = time.perf_counter() - started
-    print(f"TwoNN intrinsic dimension of {n} points of {c.run.name or 'the default data'} "
-          f"(p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}) on {device.type}, {seconds:.1f} s")
-    for name, e in estimates.items():
+    result = intrinsic.estimate_config(c, ns.sample)
+    print(f"TwoNN intrinsic dimension of {result['n']} points of {c.run.name or 'the default data'} "
+          f"(p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}) on {result['device']}, "
+          f"{result['seconds']:.1f} s")
+    for name, e in result["estimates"].items():
         print(f"  {name:<6} {e['dimension']:7.2f} +- {e['error']:.2f}")
-    print(f"  true d {c.data.d:7d}   (output_dim=auto would choose "
-          f"{intrinsic.output_dim_for(estimates['mle']['dimension'], c.data.p)})")
+    print(f"  true d {c.data.d:7d}   (output_dim=auto would choose {result['output_dim_auto']})")
     if ns.json:
-        print(json.dumps({"n": n, "p": c.data.p, "true_d": c.data.d, "seconds": seconds, "estimates": estimates}))
+        print(json.dumps({k: result[k] for k in ("n", "p", "true_d", "seconds", "estimates")}))
     return 0
 
 
@@ -255,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     sub_.add_argument("--gpus", type=str, default=None, help="GPUs (= ranks) per node; 1,2,4 submits each")
     sub_.add_argument("--nodes", type=int, default=1, help="nodes per job")
-    sub_.add_argument("--dry-run", action="store_true", help="validate, print configs and sbatch scripts, submit nothing")
+    sub_.add_argument("--dry-run", action="store_true",
+                      help="validate, print configs and sbatch scripts, submit nothing")
     sub_.add_argument("--local", action="store_true", help="run through submitit's local executor instead of Slurm")
     sub_.add_argument("--force", action="store_true", help="rerun completed runs")
     sub_.set_defaults(func=cmd_submit)

@@ -3,14 +3,15 @@
   python tools/collect.py runs/ [--format markdown|csv|json] [--plot scaling.png]
   bnnidr-hpc collect runs/
 
-Reads record.json files only and imports nothing of the training code (standard library; matplotlib
-for --plot). Runs are grouped by everything in their config but the GPU and node counts, so groups
-never mix; within a group, one row per world size with the lab's columns (n, p, d, batch size, gpu,
-epoch runtime, total runtime) and more. Strong scaling: speedup = steady epoch seconds on the
-fewest GPUs x their count / the row's, efficiency = speedup / GPUs. Weak scaling (n grows with the
-GPU count, n per GPU fixed): efficiency = epoch seconds at the fewest GPUs / the row's. Failed,
-running and interrupted runs are listed under the table, never averaged in; unreadable, truncated
-or foreign files are named on stderr and skipped. Exit status 1 only when no record could be read.
+Reads record.json files only and imports nothing of the training code: the standard library and the
+record schema (records.py, itself standard library only); matplotlib for --plot. Runs are grouped by
+everything in their config but the GPU and node counts, so groups never mix; within a group, one row
+per world size with the lab's columns (n, p, d, batch size, gpu, epoch runtime, total runtime) and
+more. Strong scaling: speedup = steady epoch seconds on the fewest GPUs x their count / the row's,
+efficiency = speedup / GPUs. Weak scaling (n grows with the GPU count, n per GPU fixed): efficiency
+= epoch seconds at the fewest GPUs / the row's. Failed, running and interrupted runs are listed
+under the table, never averaged in; unreadable, truncated or foreign files are named on stderr and
+skipped. Exit status 1 only when no record could be read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-SCHEMA = "bnnidr-hpc/record/1"
+from . import records
+
 # Keys that say how a run was spread, not what it computed.
 SPREAD_KEYS = ("num_gpu", "num_nodes", "run", "cluster")
 
@@ -57,11 +59,8 @@ def read(path: Path) -> Tuple[Optional[dict], Optional[str]]:
         return None, f"unreadable ({exc.strerror})"
     except ValueError as exc:
         return None, f"not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        return None, "not a bnnidr-hpc record (no schema bnnidr-hpc/record/1)"
-    if not isinstance(data.get("config"), dict) or not isinstance(data.get("world_size"), int):
-        return None, "a bnnidr-hpc record without config or world_size"
-    return data, None
+    why = records.problem(data)
+    return (None, why) if why else (data, None)
 
 
 def _group_key(config: dict, drop=SPREAD_KEYS) -> str:
@@ -79,16 +78,7 @@ def _steady_epoch_seconds(rec: dict) -> Optional[float]:
 
 def _differences(configs: List[dict]) -> List[str]:
     """Per config, the flattened keys where it differs from the others: the group's label."""
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
-        return out
-
-    flats = [flat(c) for c in configs]
+    flats = [{k: json.dumps(v, sort_keys=True) for k, v in records.flatten(c).items()} for c in configs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({f.get(k) for f in flats}) > 1 and k not in ("data.n", "batch_size")]
     return [" ".join(f"{k}={f.get(k)}" for k in varying) for f in flats]
@@ -155,11 +145,9 @@ def weak_scaling(records: List[dict]) -> List[dict]:
 
 
 def _cell(value) -> str:
-    if value is None:
-        return "-"
     if isinstance(value, float):
-        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-    return str(value)
+        return records.fmt(value, ".0f" if abs(value) >= 1000 else ".3g")
+    return records.fmt(value, "")
 
 
 def markdown(rows: List[dict], columns: List[str], headers: Dict[str, str]) -> str:
@@ -219,7 +207,7 @@ def collect(paths: List[str]) -> Tuple[List[dict], List[dict], List[Tuple[str, s
         rec, why = read(path)
         if rec is None:
             skipped.append((str(path), why))
-        elif rec.get("status") == "completed" and rec.get("epochs_done") == rec.get("max_epochs"):
+        elif records.is_complete(rec):
             done.append(rec)
         else:
             rec.setdefault("run_dir", str(path.parent))

@@ -1,6 +1,6 @@
 """Synthetic hyperspheres: n labelled points of intrinsic dimension d embedded in R^p.
 
-Used by: train.py (training shards, held-out evaluation), intrinsic.py (estimate-id).
+Used by: train.py (training shards), evaluate.py (held-out points), intrinsic.py (estimate-id).
 
 Generative model (README, "Data"):
   centres  mu_c ~ uniform on the unit sphere S^d in R^(d+1), c = 1..categories
@@ -29,7 +29,7 @@ CHUNK = 64
 
 class NextBatch:
     """The next step's global batch, copied from the cached points when first asked for: a step
-    that waits for a collective copies it then (train.make_step), else the loader does."""
+    that waits for a collective copies it then (step.make_step), else the loader does."""
 
     def __init__(self, copy: Callable[[], torch.Tensor]):
         self._copy, self._batch = copy, None
@@ -151,7 +151,7 @@ class ShardLoader:
         A cached data set gives every rank the global batch from its own copy, so no rank has to
         gather the others' inputs, and the next one (after the last step, the next epoch's first),
         not yet copied (NextBatch), so that a step can copy it and work ahead on it while it waits
-        (train.make_step); a streamed one gives (batch, None, None) and the step gathers."""
+        (step.make_step); a streamed one gives (batch, None, None) and the step gathers."""
         device = self.data.device
         order = self.order(epoch).to(device)
         global_batch = self.batch_size * self.world

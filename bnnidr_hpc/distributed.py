@@ -1,13 +1,16 @@
 """Where this process stands: rank, world, device, Slurm job. Every environment variable about
 ranks, devices and Slurm is read here, once, into one frozen `DistInfo`; training sees only that.
 
-Used by: cli.py (`run`, `run --gpus N`), launch.py (Slurm jobs through submitit), train.py.
+Used by: job.py (`run`, `run --gpus N`, torchrun, Slurm jobs through submitit), train.py.
 
-Sources, first match wins:
-  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT   torchrun, `run --gpus N`, submitit
-      (launch.py calls submitit.helpers.TorchDistributedEnvironment().export() before training)
-  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  plain srun tasks
-  nothing                                                      one process, rank 0 of 1
+Sources, first match wins (DistInfo.source says which):
+  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT   "torch": torchrun, `run --gpus N`,
+      submitit (job.py calls submitit.helpers.TorchDistributedEnvironment().export() first)
+  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  "srun": plain srun tasks
+  nothing                                                      "single": one process, rank 0 of 1
+Also read here: SLURM_JOB_ID / SLURM_ARRAY_JOB_ID / SLURM_ARRAY_TASK_ID (the record's job id),
+SLURM_CPUS_PER_TASK (threads per rank), BNNIDR_DIST_TIMEOUT_S (how long a rank waits for a lost one),
+TORCHELASTIC_USE_AGENT_STORE (torchrun: join its store instead of starting one).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ class DistInfo:
     master_port: int = 29500
     hostname: str = ""
     slurm_job_id: Optional[str] = None
-    slurm_restart_count: int = 0
     cpus_per_task: int = 0  # cores Slurm gave each rank (0: not under Slurm)
     timeout_s: int = DEFAULT_TIMEOUT_S
+    source: str = "single"  # which variables described the ranks: torch, srun or single
+    agent_store: bool = False  # torchrun's agent already serves the rendezvous store at MASTER_PORT
 
     @property
     def is_main(self) -> bool:
@@ -59,18 +63,18 @@ def describe(env: Optional[dict] = None) -> DistInfo:
     common = dict(
         hostname=socket.gethostname(),
         slurm_job_id=job or env.get("SLURM_JOB_ID"),
-        slurm_restart_count=_int(env, "SLURM_RESTART_COUNT", default=0),
         cpus_per_task=_int(env, "SLURM_CPUS_PER_TASK", default=0),
         timeout_s=_int(env, "BNNIDR_DIST_TIMEOUT_S", default=DEFAULT_TIMEOUT_S),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=_int(env, "MASTER_PORT", default=29500),
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-                        local_rank=_int(env, "LOCAL_RANK", default=0), **common)
+                        local_rank=_int(env, "LOCAL_RANK", default=0), source="torch", **common)
     if "SLURM_PROCID" in env and _int(env, "SLURM_NTASKS", default=1) > 1:
         return DistInfo(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-                        local_rank=_int(env, "SLURM_LOCALID", default=0), **common)
+                        local_rank=_int(env, "SLURM_LOCALID", default=0), source="srun", **common)
     return DistInfo(**common)
 
 
@@ -94,7 +98,8 @@ def init(info: DistInfo, device: torch.device) -> None:
         kwargs["device_id"] = device
     dist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo",
-        init_method=f"tcp://{info.master_addr}:{info.master_port}",
+        # torchrun's agent holds MASTER_PORT: env:// joins its store, where tcp:// would try to serve one.
+        init_method="env://" if info.agent_store else f"tcp://{info.master_addr}:{info.master_port}",
         rank=info.rank, world_size=info.world_size,
         timeout=timedelta(seconds=info.timeout_s), **kwargs)
 
@@ -171,8 +176,8 @@ class _GatheredWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # A rank needs only its rows of the sum: every rank sends each other rank those rows
-        # (one all_to_all) and adds what it receives. On gloo this is 3-4x faster than all_reduce
-        # and 2-3x faster than reduce_scatter (1000 x 64 floats, 2 CPU ranks).
+        # (one all_to_all) and adds what it receives, a world-th of an all_reduce's traffic
+        # (measured against all_reduce and reduce_scatter: docs/performance.md).
         received = torch.empty_like(grad, memory_format=torch.contiguous_format)
         wait(dist.all_to_all_single(received, grad.contiguous(), async_op=True), ctx.while_waiting)
         return received.unflatten(0, (-1, ctx.rows)).sum(0), None, None

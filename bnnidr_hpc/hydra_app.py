@@ -19,7 +19,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config import SCHEMA_NAME, ConfigError, register_schema, run_dir_for, to_config
+from .config import SCHEMA_NAME, ConfigError, register_schema, run_dir_for
+from .loading import to_config
 
 register_schema()
 
@@ -36,23 +37,18 @@ def main(cfg: DictConfig) -> dict:
         c = to_config(cfg)
     except ConfigError as exc:
         print(f"bnnidr-hpc: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if not c.run.name:
         from hydra.core.hydra_config import HydraConfig
 
         c.run.name = HydraConfig.get().job.config_name or ""
     run_dir = run_dir_for(c)
     if _in_submitit_job():
-        import submitit
+        from .job import SlurmJob
 
-        from .launch import SlurmJob
-
-        tasks = submitit.JobEnvironment().num_tasks
-        if tasks != c.world_size:
-            raise SystemExit(f"bnnidr-hpc: the job has {tasks} tasks but num_gpu x num_nodes = {c.world_size}; "
-                             "use hydra/launcher=bnnidr_slurm, which ties them")
+        # train() refuses a job whose task count is not num_nodes x num_gpu (bnnidr_slurm ties them).
         return SlurmJob(c, str(run_dir))()
-    from .launch import run_local
+    from .job import run_local
 
     return run_local(c, run_dir)
 

@@ -1,6 +1,7 @@
 """TwoNN intrinsic-dimension estimates (Facco, d'Errico, Rodriguez and Laio, Sci. Rep. 2017).
 
-Used by: tests (the hypersphere generator keeps its dimension), `bnnidr-hpc estimate-id`.
+Used by: train.py and evaluate.py (output_dim: auto; the gallery before and after reduction),
+`bnnidr-hpc estimate-id` (estimate_config), tests (the hypersphere generator keeps its dimension).
 
 For each point, mu = r2 / r1, the ratio of its second to first nearest-neighbour distance. On a
 d-dimensional manifold with locally uniform density, mu follows a Pareto law P(mu) = d mu^-(d+1),
@@ -100,6 +101,23 @@ def estimate_all(x: torch.Tensor, block: int = 2048) -> dict:
     """Every method on one set of nearest-neighbour ratios (the costly part is done once)."""
     logs = log_mu(x, block)
     return {name: fn(logs).as_dict() for name, fn in METHODS.items()}
+
+
+def estimate_config(c, sample: int) -> dict:
+    """`bnnidr-hpc estimate-id`: every estimate on the first `sample` points of a config's data."""
+    import time
+
+    from .data import Hypersphere
+    from .distributed import DistInfo, pick_device
+
+    n = min(sample, c.data.n)
+    device = pick_device(DistInfo(), c.run.device)
+    started = time.perf_counter()
+    x, _ = Hypersphere(c.data, c.seed, device).range(0, n)
+    estimates = estimate_all(x)
+    return {"n": n, "p": c.data.p, "true_d": c.data.d, "device": device.type, "estimates": estimates,
+            "seconds": time.perf_counter() - started,
+            "output_dim_auto": output_dim_for(estimates["mle"]["dimension"], c.data.p)}
 
 
 def output_dim_for(dimension: float, p: int) -> int:

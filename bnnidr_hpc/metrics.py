@@ -1,6 +1,6 @@
 """The objective (metric MDS stress over the pairs of a batch) and retrieval mean average precision.
 
-Used by: train.py; benchmarks.
+Used by: step.py (the stress), evaluate.py (AP), benchmarks.
 
 Stress (DeepMDS, normalised as Kruskal's stress-1 squared):
     sum_{i != j} (|f(x_i) - f(x_j)| - |x_i - x_j|)^2  /  sum_{i != j} |x_i - x_j|^2
@@ -18,7 +18,6 @@ from typing import Callable, Generator, List, NamedTuple, Tuple
 
 import torch
 
-
 # Rows per block of a symmetric product: large enough that each block runs at the BLAS's full rate.
 GRAM_BLOCK = 256
 
@@ -28,7 +27,8 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> t
     In-place addmm folds the norms into the product's epilogue: one pass over the result.
     b is a (a batch against itself): the result is symmetric, so only the blocks on and above the
     diagonal are multiplied and the others mirrored - 5/8 of the product's FLOPs at 1024 rows.
-    bf16: the product in bfloat16 (norms stay float32): ~4x faster, |error| ~ 2^-8 |a||b|."""
+    bf16: the product in bfloat16 (norms stay float32), for the higher bfloat16 matrix rate of
+    GPUs and AVX512-BF16/AMX CPUs (docs/performance.md); |error| ~ 2^-8 |a||b|."""
     return Pieces(squared_distance_pieces(a, b, bf16)).result()
 
 
@@ -230,8 +230,8 @@ def average_precision_sums(queries: torch.Tensor, query_labels: torch.Tensor,
     No sort of the gallery: the k-th nearest relevant item's rank is the number of items at most
     as far, so the relevant distances (a top-k per row) are the thresholds and one searchsorted
     pass counts every item between consecutive ones. Tied items share the precision at the end
-    of their tie, as in scikit-learn (float32 distances of far-out points do tie). About 3x
-    faster than an argsort of every row (bench_tooling, 10,000 x 10,000: 5.2 s -> 1.6 s).
+    of their tie, as in scikit-learn (float32 distances of far-out points do tie). This avoids
+    an argsort of every row (docs/performance.md, benchmarks/bench_tooling.py).
     """
     total = torch.zeros((), dtype=torch.float64, device=queries.device)
     count = torch.zeros((), dtype=torch.float64, device=queries.device)

@@ -1,6 +1,7 @@
 """The Reducer: an MLP from input_dim (= data.p) to output_dim, deterministic or Bayesian.
 
-Used by: train.py; config.py (parameter names, to check optimizer patterns before a run).
+Used by: train.py, benchmarks; validation.py (parameter names, to check optimizer
+patterns before a run). The model knows nothing of the run's config: it takes a ModelSpec.
 
 Hidden layer i (1..nlayers):  h_i = act_i(BN(W_i h_{i-1} + v_i + skip_i)),  h_0 = the input.
 Output layer (nlayers + 1):   y = W_o h_nlayers + v_o + skip_o.
@@ -17,13 +18,12 @@ KL(posterior || prior). In eval mode the model uses the posterior mean.
 from __future__ import annotations
 
 import math
-from typing import List
+from dataclasses import dataclass
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .config import BayesConfig, Config
 
 ACTIVATION_MODULES = {
     "relu": nn.ReLU,
@@ -37,11 +37,27 @@ ACTIVATION_MODULES = {
 }
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that shapes the network; config.Config.model_spec() makes one from a run config."""
+
+    input_dim: int
+    hidden_sizes: Tuple[int, ...]
+    activations: Tuple[str, ...]
+    output_dim: int
+    batch_norm: bool = False
+    skip_steps: int = 0
+    bayesian: bool = False
+    prior_sigma: float = 1.0
+    init_sigma: float = 1e-3
+
+
 class BayesLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bayes: BayesConfig, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, prior_sigma: float = 1.0, init_sigma: float = 1e-3,
+                 bias: bool = True):
         super().__init__()
-        self.prior_sigma = bayes.prior_sigma
-        rho = math.log(math.expm1(bayes.init_sigma))  # softplus(rho) = init_sigma
+        self.prior_sigma = prior_sigma
+        rho = math.log(math.expm1(init_sigma))  # softplus(rho) = init_sigma
         self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
         self.weight_rho = nn.Parameter(torch.full((out_features, in_features), rho))
         nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))  # as nn.Linear
@@ -77,30 +93,33 @@ class BayesLinear(nn.Module):
         return total
 
 
-def _linear(c: Config, n_in: int, n_out: int, bias: bool = True) -> nn.Module:
-    return BayesLinear(n_in, n_out, c.bayes, bias) if c.bayesian else nn.Linear(n_in, n_out, bias)
+def _linear(spec: ModelSpec, n_in: int, n_out: int, bias: bool = True) -> nn.Module:
+    if spec.bayesian:
+        return BayesLinear(n_in, n_out, spec.prior_sigma, spec.init_sigma, bias)
+    return nn.Linear(n_in, n_out, bias)
 
 
 class Reducer(nn.Module):
-    def __init__(self, c: Config):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        sizes: List[int] = [c.input_dim] + c.hidden_sizes()
-        self.skip_steps = c.skip_steps
+        self.spec = spec
+        sizes: List[int] = [spec.input_dim, *spec.hidden_sizes]
+        self.skip_steps = spec.skip_steps
         self.hidden = nn.ModuleList()
-        for i, act in enumerate(c.activations()):
+        for i, act in enumerate(spec.activations):
             layer = nn.Module()
-            layer.linear = _linear(c, sizes[i], sizes[i + 1])
-            layer.norm = nn.BatchNorm1d(sizes[i + 1]) if c.batch_norm else nn.Identity()
+            layer.linear = _linear(spec, sizes[i], sizes[i + 1])
+            layer.norm = nn.BatchNorm1d(sizes[i + 1]) if spec.batch_norm else nn.Identity()
             layer.act = ACTIVATION_MODULES[act]()
             self.hidden.append(layer)
-        self.output = _linear(c, sizes[-1], c.output_dim)
-        all_sizes = sizes + [c.output_dim]
+        self.output = _linear(spec, sizes[-1], spec.output_dim)
+        all_sizes = sizes + [spec.output_dim]
         # skips[str(j)] feeds hidden layer j - k into layer j (1-based; j = nlayers + 1 is the output).
         self.skips = nn.ModuleDict()
         if self.skip_steps:
             for j in range(self.skip_steps + 1, len(all_sizes)):
                 src, dst = all_sizes[j - self.skip_steps], all_sizes[j]
-                self.skips[str(j)] = nn.Identity() if src == dst else _linear(c, src, dst, bias=False)
+                self.skips[str(j)] = nn.Identity() if src == dst else _linear(spec, src, dst, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [x]
@@ -139,10 +158,7 @@ class Reducer(nn.Module):
             self.train(was)
 
 
-def parameter_names(c: Config) -> List[str]:
-    from dataclasses import replace
-
-    if c.output_dim == "auto":  # names do not depend on the size
-        c = replace(c, output_dim=1)
+def parameter_names(spec: ModelSpec) -> List[str]:
+    """The parameters' names, from a model built on the meta device (no memory, no time)."""
     with torch.device("meta"):
-        return [name for name, _ in Reducer(c).named_parameters()]
+        return [name for name, _ in Reducer(spec).named_parameters()]

@@ -1,15 +1,17 @@
-"""A run directory's files, each written atomically (temp file in the same folder, then rename).
+"""A run directory's files, and the one schema of its record, for the writer and every reader.
 
-Used by: train.py (writes), cli.py and launch.py (status), tools/collect.py reads the same files
-without importing this package.
+Used by: train.py (builds and writes the record), job.py, status.py, cli.py, and tools/collect.py,
+which imports this module alone: standard library only, no torch, no training code.
 
 Layout of a run directory (decided once, by config.run_dir_for):
   config.yaml     the resolved config
   record.json     one machine-readable record of the job; rewritten after every epoch
   metrics.jsonl   one line per epoch, flushed as written
-  checkpoint.pt   model, optimizers, RNG states, epoch and step; the last good one survives a kill
+  checkpoint.pt   model, optimizers, RNG states and the TrainState; the last good one survives a kill
   tb/             TensorBoard events
-  slurm/          submitit's scripts and logs (Slurm jobs only)
+  job.json        submit.py: job id, executor, log paths, resources (submitted runs only)
+  slurm/          submitit's scripts and logs (submitted runs only)
+Every file is written to a temp file in the same folder and renamed over the old one.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-SCHEMA = "bnnidr-hpc/record/1"  # tools/collect.py reads records of this schema only
+if TYPE_CHECKING:  # for type hints only: this module imports nothing of the package at run time
+    from .checkpoint import TrainState
+    from .config import Config
+
+SCHEMA = "bnnidr-hpc/record/1"  # readers take records of this schema only
 RECORD = "record.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
+JOB = "job.json"
 
 # Statuses a record can hold.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
@@ -58,13 +66,42 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-def read_record(run_dir: Path) -> Optional[dict]:
-    """The run's record, or None when there is none or it cannot be read."""
+def read_json(path: Path) -> Optional[dict]:
+    """A JSON object from a file, or None when there is none or it cannot be read."""
     try:
-        data = json.loads((Path(run_dir) / RECORD).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_record(run_dir: Path) -> Optional[dict]:
+    """The run's record, or None when there is none or it cannot be read."""
+    return read_json(Path(run_dir) / RECORD)
+
+
+def read_job(run_dir: Path) -> Optional[dict]:
+    """What submit wrote of a submitted run (job id, executor, log paths), or None."""
+    return read_json(Path(run_dir) / JOB)
+
+
+def problem(record: Any) -> Optional[str]:
+    """Why a parsed record.json cannot be used by a reader (None: it can)."""
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        return f"not a bnnidr-hpc record (no schema {SCHEMA})"
+    if not isinstance(record.get("config"), dict) or not isinstance(record.get("world_size"), int):
+        return "a bnnidr-hpc record without config or world_size"
+    return None
+
+
+def is_complete(record: dict) -> bool:
+    return record.get("status") == COMPLETED and record.get("epochs_done") == record.get("max_epochs")
+
+
+def set_aside(run_dir: Path) -> None:
+    """Move a run directory out of the way (--force) rather than delete its results."""
+    if Path(run_dir).exists():
+        os.replace(run_dir, f"{run_dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def append_line(path: Path, data: dict) -> None:
@@ -109,3 +146,96 @@ def process_start_time() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, StopIteration, IndexError):
         return time.time()
+
+
+# ----------------------------------------------------------------------------- building the record
+
+def config_record(c: "Config", config_dict: dict, run_dir: Path) -> dict:
+    """The record's fields that the config alone decides; also a job's whole record when it failed
+    before training wrote anything."""
+    return {
+        "schema": SCHEMA,
+        "run_dir": str(Path(run_dir).resolve()),
+        "name": c.run.name,
+        "config": config_dict,
+        "n": c.data.n, "p": c.data.p, "d": c.data.d,
+        "input_dim": c.input_dim, "output_dim": c.output_dim,
+        "batch_size": c.batch_size, "global_batch_size": c.global_batch,
+        "world_size": c.world_size, "num_gpu": c.num_gpu, "num_nodes": c.num_nodes,
+        "max_epochs": c.max_epochs, "epochs_done": 0,
+    }
+
+
+def start_record(c: "Config", config_dict: dict, run_dir: Path, *, device_type: str, devices: List[str],
+                 steps_per_epoch: int, data_cached: bool, hostname: str, slurm_job_id: Optional[str],
+                 intrinsic_dim: dict) -> dict:
+    """The record of a run that starts (or resumes) training: the config's fields and where it runs."""
+    return {
+        **config_record(c, config_dict, run_dir),
+        "device_type": device_type, "devices": devices,
+        "steps_per_epoch": steps_per_epoch, "data_cached": data_cached,
+        "hostname": hostname, "slurm_job_id": slurm_job_id,
+        "versions": versions(), "git": git_state(),
+        "intrinsic_dim": intrinsic_dim,
+    }
+
+
+def update_record(record: dict, state: "TrainState", status: str, session_started: float,
+                  process_started: float) -> None:
+    """The record's figures from the epochs done so far (state.history), in place."""
+    history = state.history
+    epoch_seconds = [h["epoch_seconds"] for h in history]
+    full = [h["samples_per_s"] for h in history if not h["partial"]]
+    steady = full[1:] or full  # the first full epoch carries the start-up
+    samples_per_s = statistics.median(steady) if steady else None
+    last_ap = next((h for h in reversed(history) if h["ap"] is not None), None)
+    now = time.time()
+    record.update({
+        "status": status,
+        "epochs_done": state.epoch,
+        "epochs": history,
+        "epoch_seconds": epoch_seconds,
+        "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else None,
+        "steady_epoch_seconds": statistics.median(epoch_seconds[1:] or epoch_seconds) if epoch_seconds else None,
+        "slowest_rank_seconds": max((max(h["rank_epoch_seconds"]) for h in history), default=None),
+        "train_seconds": sum(epoch_seconds),
+        "total_seconds": state.seconds_before + now - process_started,  # over every restart
+        "session_seconds": now - session_started,
+        "samples_per_s": samples_per_s,
+        "samples_per_s_per_gpu": None if samples_per_s is None else samples_per_s / record["world_size"],
+        "final_loss": history[-1]["loss"] if history else None,
+        "ap_in": state.ap_in,
+        "ap_out": last_ap["ap"] if last_ap else None,
+        "ap_retention": last_ap["ap_retention"] if last_ap else None,
+        "restarts": state.restarts,
+        "seconds_lost": state.seconds_lost,
+        "updated_at": now,
+    })
+
+
+def mark_failed(run_dir: Path, error: str, c: "Config", config_dict: dict) -> None:
+    """Record a failure; a job that failed before training wrote anything still gets a record."""
+    record = read_record(run_dir) or config_record(c, config_dict, run_dir)
+    record.update(status=FAILED, error=error, updated_at=time.time())
+    write_json(Path(run_dir) / RECORD, record)
+
+
+# ----------------------------------------------------------------------------- reading helpers
+
+def flatten(d: dict, prefix: str = "") -> Dict[str, Any]:
+    """{"data": {"n": 1}, "optimizers": [{"lr": 0.1}]} -> {"data.n": 1, "optimizers.0.lr": 0.1}:
+    mappings and lists of mappings are opened; other lists and values are leaves."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
+            v = {str(i): item for i, item in enumerate(v)}
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fmt(value, spec: str = ".4f") -> str:
+    """A record's value for a table: '-' where there is none."""
+    return "-" if value is None else format(value, spec)

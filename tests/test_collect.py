@@ -5,14 +5,15 @@ import subprocess
 import sys
 
 import pytest
-
-from bnnidr_hpc.collect import main, strong_scaling, weak_scaling
 from conftest import REPO
+
+from bnnidr_hpc import records
+from bnnidr_hpc.collect import main, strong_scaling, weak_scaling
 
 
 def fake_record(world, epoch_s, n=2000, batch=50, lr=1e-3, status="completed", epochs=3):
     return {
-        "schema": "bnnidr-hpc/record/1", "status": status, "world_size": world, "n": n, "p": 128, "d": 5,
+        "schema": records.SCHEMA, "status": status, "world_size": world, "n": n, "p": 128, "d": 5,
         "batch_size": batch, "epochs_done": epochs if status == "completed" else 1, "max_epochs": epochs,
         "config": {"data": {"n": n, "p": 128, "d": 5}, "batch_size": batch, "learning_rate": lr,
                    "num_gpu": world, "num_nodes": 1, "run": {"root": "x"}, "cluster": {"name": "local"}},
@@ -21,6 +22,13 @@ def fake_record(world, epoch_s, n=2000, batch=50, lr=1e-3, status="completed", e
         "steps_per_epoch": n // (batch * world), "samples_per_s": n / epoch_s,
         "samples_per_s_per_gpu": n / epoch_s / world, "final_loss": 0.01, "ap_out": 0.9, "ap_retention": 0.98,
     }
+
+
+def markdown_rows(out: str):
+    """The markdown table's rows as {header: cell}."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]
 
 
 def write(tmp_path, name, rec):
@@ -57,9 +65,9 @@ def test_cli_lists_failed_apart_and_skips_corrupt_files(tmp_path, capsys):
     foreign = write(tmp_path, "f", {"hello": "world"})
     assert main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    table = [[c.strip() for c in l.strip("|").split("|")] for l in out.splitlines() if l.startswith("| 1")]
-    assert [row[5] for row in table] == ["1", "2"]  # only the completed 1- and 2-GPU runs are in the table
-    assert table[1][14:16] == ["2", "1"]  # speedup 8/4 = 2, efficiency 1
+    table = markdown_rows(out)
+    assert [row["gpu"] for row in table] == ["1", "2"]  # only the completed 1- and 2-GPU runs are in the table
+    assert (table[1]["speedup"], table[1]["efficiency"]) == ("2", "1")  # 8/4 = 2, efficiency 1
     assert "failed: " in out and "RuntimeError: boom" in out and "running: " in out
     assert f"skipped {truncated / 'record.json'}" in err and "truncated" in err
     assert f"skipped {foreign / 'record.json'}" in err and "not a bnnidr-hpc record" in err
@@ -83,8 +91,30 @@ def test_nothing_readable_exits_1_and_the_script_imports_no_training_code(tmp_pa
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "skipped" in proc.stderr and "no readable record" in proc.stderr
     write(tmp_path, "y", fake_record(1, 1.0))
-    probe = ("import runpy, sys\nsys.argv = ['collect', sys.argv[1]]\ntry:\n    runpy.run_path(%r, run_name='__main__')\n"
+    probe = ("import runpy, sys\nsys.argv = ['collect', sys.argv[1]]\n"
+             "try:\n    runpy.run_path(%r, run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\nprint('CODE', code, 'torch' in sys.modules, "
              "'bnnidr_hpc.train' in sys.modules)" % str(script))
     proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
     assert proc.stdout.strip().splitlines()[-1] == "CODE 0 False False"
+
+
+def test_a_trained_run_is_collected_with_the_figures_of_its_record(tiny, capsys):
+    """The writer (train) and the reader (collect) share one record schema: a key renamed on one
+    side breaks this test, which trains a tiny run and reads it back."""
+    from bnnidr_hpc.config import run_dir_for
+    from bnnidr_hpc.train import train
+
+    c = tiny("max_epochs=2")
+    rec = train(c, run_dir_for(c))
+    assert main([str(run_dir_for(c)), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["strong_scaling"]
+    assert (row["n"], row["p"], row["d"], row["batch_size"], row["gpu"], row["runs"]) == (256, 32, 3, 32, 1, 1)
+    assert row["epoch_s"] == rec["steady_epoch_seconds"] and row["total_s"] == rec["total_seconds"]
+    assert row["first_step_s"] == rec["time_to_first_step_s"] and row["steps_per_epoch"] == 8
+    assert row["samples_per_s"] == rec["samples_per_s"] and row["final_loss"] == rec["final_loss"]
+    assert row["ap"] == rec["ap_out"] and row["ap_retention"] == rec["ap_retention"]
+    assert (row["speedup"], row["efficiency"]) == (1.0, 1.0)
+    assert main([str(run_dir_for(c))]) == 0
+    (shown,) = markdown_rows(capsys.readouterr().out)
+    assert shown["gpu"] == "1" and float(shown["AP"]) == pytest.approx(rec["ap_out"], abs=1e-3)

@@ -2,17 +2,26 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from conftest import CONF
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import ConfigError, load, run_dir_for
-from conftest import CONF
+from bnnidr_hpc.config import ConfigError, run_dir_for
+from bnnidr_hpc.loading import load
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_composes_and_validates(path):
+def test_every_shipped_config_composes_validates_and_builds_its_model(path):
+    from bnnidr_hpc.model import Reducer
+
     c = load(str(path), [])
     assert c.run.name == path.stem
-    assert c.input_dim == c.data.p  # derived, never set
+    with torch.device("meta"):  # the sizes alone, no memory
+        model = Reducer(c.model_spec(output_dim=7 if c.output_dim == "auto" else None))
+    assert model.hidden[0].linear.in_features == c.data.p  # input_dim comes from the data
+    assert [layer.linear.out_features for layer in model.hidden] == c.hidden_sizes()
+    assert model.output.out_features == (7 if c.output_dim == "auto" else c.output_dim)
+    assert all(o.lr is not None and o.weight_decay is not None and o.schedule is not None for o in c.optimizers)
 
 
 def test_lab_configs_hold_the_lab_values():
@@ -23,7 +32,8 @@ def test_lab_configs_hold_the_lab_values():
     c = load(str(CONF / "imagenet_scale.yaml"), [])
     assert (c.data.n, c.data.p, c.data.d) == (1_300_000, 1536, 50)
     c = load(str(CONF / "bnnidr_00047.yaml"), [])
-    assert (c.learning_rate, c.lr_schedule.name, c.lr_schedule.step_size, c.lr_schedule.gamma) == (1e-2, "step", 50, 0.9)
+    schedule = c.lr_schedule
+    assert (c.learning_rate, schedule.name, schedule.step_size, schedule.gamma) == (1e-2, "step", 50, 0.9)
 
 
 def test_overrides_and_lists():
@@ -37,6 +47,42 @@ def test_run_dir_hash_ignores_run_group_only():
     a, b = load(None, ["run.root=/x"]), load(None, ["run.root=/x", "run.progress=false"])
     assert run_dir_for(a) == run_dir_for(b)
     assert run_dir_for(a) != run_dir_for(load(None, ["run.root=/x", "seed=1"]))
+
+
+# The run directories of the shipped configs. A change here re-keys users' existing runs (no resume,
+# no dedupe): only a change of what a config trains may change them.
+GOLDEN_RUN_DIRS = {
+    "bnnidr_00047.yaml": "bnnidr_00047-a8f4e492",
+    "hps_00040.yaml": "hps_00040-afb736dd",
+    "hps_00043.yaml": "hps_00043-03059114",
+    "imagenet_scale.yaml": "imagenet_scale-78a8eba1",
+    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-a8f4e492",
+    "sweep_hps_00040.yaml": "sweep_hps_00040-afb736dd",
+    "sweep_hps_00043.yaml": "sweep_hps_00043-03059114",
+    "sweep_hps_00045.yaml": "sweep_hps_00045-a3c35f50",
+    None: "default-44136fa3",
+}
+
+
+def test_run_identity_of_the_shipped_configs_is_pinned():
+    assert sorted(p.name for p in CONF.glob("*.yaml")) == sorted(k for k in GOLDEN_RUN_DIRS if k)
+    for name, expected in GOLDEN_RUN_DIRS.items():
+        assert run_dir_for(load(str(CONF / name) if name else None, [])).name == expected, name
+
+
+def test_run_identity_is_the_difference_from_the_defaults():
+    from bnnidr_hpc.config import identity
+
+    # a value given at its default (as a key added to the schema later would be) changes nothing
+    assert run_dir_for(load(None, ["data.noise=0.0", "eval.every=1", "optimizers.0.momentum=0.9"])) == \
+        run_dir_for(load(None, []))
+    assert identity(load(str(CONF / "hps_00040.yaml"), [])) == {"batch_size": 50}
+    # each optimizer is compared with the default optimizer, key by key
+    two = load(None, ["optimizers=[{name:sgd,params:'hidden.*'},{name:adam,params:'output.*',lr:1e-3}]"])
+    assert identity(two) == {"optimizers.0.name": "sgd", "optimizers.0.params": "hidden.*",
+                             "optimizers.1.name": "adam", "optimizers.1.params": "output.*", "optimizers.1.lr": 1e-3}
+    # what does not change the result is not part of it
+    assert identity(load(None, ["run.name=x", "cluster.timeout_min=5", "eval.block=7", "sweep.gpus=[1,2]"])) == {}
 
 
 BAD = [

@@ -55,7 +55,8 @@ def test_ranks_slice_one_global_batch():
     halves = [ShardLoader(h, 20, rank=r, world=2) for r in range(2)]
     assert one.steps_per_epoch == 600 // 40 == halves[0].steps_per_epoch
     previous_next = None
-    for (whole, _, following), (a, full_a, _), (b, full_b, _) in zip(one.epoch(1), halves[0].epoch(1), halves[1].epoch(1)):
+    for (whole, _, following), (a, full_a, _), (b, full_b, _) in zip(one.epoch(1), halves[0].epoch(1),
+                                                                     halves[1].epoch(1)):
         assert torch.equal(whole, torch.cat([a.clone(), b.clone()]))
         assert torch.equal(full_a, whole) and torch.equal(full_b, whole)  # cached: each rank has the global batch
         if previous_next is not None:

@@ -1,8 +1,8 @@
 import pytest
 
-from bnnidr_hpc import distributed, launch
+from bnnidr_hpc import distributed, job
 from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.launch import run_local
+from bnnidr_hpc.job import run_local
 
 
 def test_describe_reads_torchrun_slurm_or_nothing():
@@ -74,20 +74,23 @@ def test_gradient_averager_starts_from_rank_0_and_averages_like_ddp(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(r0["buffers"], r1["buffers"]))  # rank 0's running stats
 
 
+SLOW_SAVE_S = 1.5
+
+
 def _train_with_slow_checkpoints_on_rank_0(rank, port, c, run_dir):
     import time
 
-    from bnnidr_hpc import train as train_module
+    from bnnidr_hpc import checkpoint
 
-    save = train_module._save_checkpoint
+    save = checkpoint.save
 
     def slow_save(*args, **kwargs):
-        time.sleep(1.0)
+        time.sleep(SLOW_SAVE_S)
         save(*args, **kwargs)
 
     if rank == 0:
-        train_module._save_checkpoint = slow_save
-    launch._local_rank(rank, c, run_dir, port)  # what `run --gpus 2` runs on each rank
+        checkpoint.save = slow_save
+    job._local_rank(rank, c, run_dir, port)  # what `run --gpus 2` runs on each rank
 
 
 def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
@@ -103,5 +106,6 @@ def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
                        nprocs=2, start_method="spawn")
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["epochs_done"] == 3
-    assert record["session_seconds"] > 3 * 1.0  # the slow writes happened
-    assert max(record["slowest_rank_seconds"], *record["epoch_seconds"]) < 1.0
+    assert record["session_seconds"] > 3 * SLOW_SAVE_S  # the slow writes happened
+    # an epoch of this tiny run takes milliseconds; counting rank 0's write would add SLOW_SAVE_S
+    assert max(record["slowest_rank_seconds"], *record["epoch_seconds"]) < SLOW_SAVE_S / 2

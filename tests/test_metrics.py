@@ -3,8 +3,15 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from bnnidr_hpc.metrics import (mean_average_precision, pair_blocks, pair_targets, squared_distances, stress,
-                                stress_share, total_squared_distance)
+from bnnidr_hpc.metrics import (
+    mean_average_precision,
+    pair_blocks,
+    pair_targets,
+    squared_distances,
+    stress,
+    stress_share,
+    total_squared_distance,
+)
 
 
 def _sklearn_map(q, ql, g, gl):

@@ -2,19 +2,19 @@ import pytest
 import torch
 from torch import nn
 
-from bnnidr_hpc.config import load
+from bnnidr_hpc.loading import load
 from bnnidr_hpc.model import BayesLinear, Reducer
 
 
 def model(*overrides):
     torch.manual_seed(0)
-    return Reducer(load(None, ["data.p=32", "output_dim=4", "layer_size=16", *overrides]))
+    return Reducer(load(None, ["data.p=32", "output_dim=4", "layer_size=16", *overrides]).model_spec())
 
 
 def test_shapes_and_per_layer_sizes_and_activations():
     m = model("nlayers=3", "layer_size=[8,16,12]", "act_funcs=[gelu,tanh,elu]")
-    assert [l.linear.out_features for l in m.hidden] == [8, 16, 12]
-    assert [type(l.act) for l in m.hidden] == [nn.GELU, nn.Tanh, nn.ELU]
+    assert [layer.linear.out_features for layer in m.hidden] == [8, 16, 12]
+    assert [type(layer.act) for layer in m.hidden] == [nn.GELU, nn.Tanh, nn.ELU]
     assert m(torch.randn(5, 32)).shape == (5, 4)
 
 
@@ -32,12 +32,18 @@ def test_skip_steps_connect_layer_i_to_i_plus_k():
         assert not torch.allclose(skip(x), base)  # the skip path carries signal
 
 
-def test_skip_graph_differs_in_traced_ops():
-    x = torch.randn(2, 32)
-    plain = torch.jit.trace(model("nlayers=3").eval(), x)
-    skip = torch.jit.trace(model("nlayers=3", "skip_steps=2").eval(), x)
-    count = lambda g: str(g.inlined_graph).count("aten::add")
-    assert count(skip) > count(plain)
+def test_skip_steps_2_adds_layer_i_to_the_input_of_layer_i_plus_2():
+    """The lab's "a skip value of 2 means layer 1 is fully connected to layer 3, and 2 to 4",
+    computed by hand: hidden 1 -> hidden 3 (same size: identity), hidden 2 -> output (a projection)."""
+    m = model("nlayers=3", "skip_steps=2", "act_funcs=tanh").eval()
+    x = torch.randn(5, 32)
+    h = [x]
+    for j, layer in enumerate(m.hidden, start=1):
+        pre = layer.linear(h[-1]) + (h[1] if j == 3 else 0)
+        h.append(torch.tanh(pre))
+    expected = m.output(h[3]) + h[2] @ m.skips["4"].weight.T
+    assert torch.allclose(m(x), expected, atol=1e-6)
+    assert not torch.allclose(model("nlayers=3", "act_funcs=tanh").eval()(x), expected, atol=1e-3)
 
 
 def test_batch_norm_normalises_hidden_pre_activations():
@@ -64,15 +70,13 @@ def test_bayesian_layers_sample_in_training_and_use_the_mean_in_eval():
 
 
 def test_kl_matches_closed_form_and_vanishes_at_the_prior():
-    from bnnidr_hpc.config import BayesConfig
-
-    layer = BayesLinear(3, 2, BayesConfig(prior_sigma=0.5, init_sigma=0.2))
+    layer = BayesLinear(3, 2, prior_sigma=0.5, init_sigma=0.2)
     prior = torch.distributions.Normal(0.0, 0.5)
     expected = sum(torch.distributions.kl_divergence(
         torch.distributions.Normal(mu, torch.nn.functional.softplus(rho)), prior).sum()
         for mu, rho in layer._pairs())
     assert layer.kl().item() == pytest.approx(expected.item(), rel=1e-5)
-    at_prior = BayesLinear(3, 2, BayesConfig(prior_sigma=0.5, init_sigma=0.5))
+    at_prior = BayesLinear(3, 2, prior_sigma=0.5, init_sigma=0.5)
     with torch.no_grad():
         for mu, _ in at_prior._pairs():
             mu.zero_()
@@ -81,10 +85,33 @@ def test_kl_matches_closed_form_and_vanishes_at_the_prior():
     assert model("bayesian=true").kl().item() > 0
 
 
-def test_graph_traces_for_bayesian_and_skip_models(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
+@pytest.mark.parametrize("overrides", [["bayesian=true", "nlayers=3", "skip_steps=2"],
+                                       ["batch_norm=true", "skip_steps=2"]], ids=["bayesian-skip", "batchnorm-skip"])
+def test_tensorboard_graph_has_every_layer_with_its_shape_and_no_deprecated_tracing(tmp_path, overrides):
+    import warnings
 
-    for overrides in (["bayesian=true", "nlayers=3", "skip_steps=2"], ["batch_norm=true", "skip_steps=2"]):
-        m = model(*overrides).eval()
-        with SummaryWriter(str(tmp_path / "tb")) as w:
-            w.add_graph(m, torch.zeros(2, 32))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bnnidr_hpc import tensorboard_log
+
+    m = model(*overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.jit.trace's DeprecationWarning would fail here
+        writer = tensorboard_log.open_writer(tmp_path)
+        tensorboard_log.log_graph(writer, m, 32)
+        writer.close()
+    assert m.training  # the graph is traced in eval mode, and the model is left as it was
+    nodes = {n.name: n for n in EventAccumulator(str(tmp_path / "tb")).Reload().Graph().node}
+    shape = lambda n: [d.size for d in nodes[n].attr["_output_shapes"].list.shape[0].dim]
+    assert shape("x") == [2, 32] and nodes["x"].op == "Input"
+    if "bayesian=true" in overrides:  # a Bayesian layer's posterior means, and its linear map of them
+        assert nodes["hidden/0/linear/weight_mu"].op == "Parameter" and shape("hidden/0/linear/weight_mu") == [16, 32]
+        assert shape("hidden/0/linear/linear") == [2, 16]
+    else:
+        assert nodes["hidden/0/linear"].op == "Linear" and shape("hidden/0/linear") == [2, 16]
+    if "batch_norm=true" in overrides:
+        assert nodes["hidden/0/norm"].op == "BatchNorm1d" and shape("hidden/0/norm") == [2, 16]
+    adds = [n for n in nodes.values() if n.op == "add"]
+    assert len(adds) == len(m.skips)  # one sum per skip connection
+    (output,) = [n for n in nodes.values() if n.op == "Output"]
+    assert shape(output.name) == [2, 4]

@@ -1,19 +1,20 @@
 """Real jobs on the local Slurm cluster (slurm/start.sh): submit, sweep, status, cancel, requeue."""
 
 import json
-import sys
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import load
-from bnnidr_hpc.launch import job_state, read_job, run_status
+from bnnidr_hpc.loading import load
+from bnnidr_hpc.records import read_job
+from bnnidr_hpc.status import job_state, run_status
 from bnnidr_hpc.train import train
-from conftest import REPO, TINY
 
 pytestmark = pytest.mark.slurm
 
@@ -63,7 +64,7 @@ def test_1_2_4_ranks_train_like_one_rank_with_the_global_batch(tmp_path, capsys)
     dirs = run_dirs_of(out)
     assert len(dirs) == 3 and len({read_job(d)["job_id"] for d in dirs}) == 3
     for d in dirs:
-        wait_for(lambda: ended(d), timeout=240)
+        wait_for(lambda d=d: ended(d), timeout=240)
     for d in dirs:
         rec = record(d)
         assert rec["status"] == "completed", run_status(d)
@@ -98,7 +99,7 @@ def test_sweep_is_one_array_and_a_resubmission_is_not_rerun(tmp_path, capsys):
     assert len(dirs) == 2 and jobs[0].split("_")[0] == jobs[1].split("_")[0]  # one array, two tasks
     assert dirs[0].parent == dirs[1].parent and "sweep" in dirs[0].parent.name
     for d in dirs:
-        wait_for(lambda: ended(d), timeout=180)
+        wait_for(lambda d=d: ended(d), timeout=180)
     assert sorted(record(d)["batch_size"] for d in dirs) == [16, 32]
     again = submit(capsys, *args)
     assert "submitted job" not in again and again.count("completed, not rerun") == 2
@@ -165,7 +166,7 @@ def test_interrupted_job_requeues_and_resumes_to_the_same_result(tmp_path, capsy
     assert run_status(run_dir)["detail"].startswith("requeued 1x")
     # The same run uninterrupted, here: same final loss and AP.
     c = load(None, TINY + SGD + LONG + [f"num_gpu={gpus}"])
-    from bnnidr_hpc.launch import run_local
+    from bnnidr_hpc.job import run_local
 
     straight = run_local(c, tmp_path / "straight")
     assert rec["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
@@ -177,7 +178,8 @@ def test_hydra_multirun_through_hydra_submitit_launcher(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
          "hps_00040", "-m", "hydra/launcher=bnnidr_slurm", "+cluster=local", "num_gpu=2", "batch_size=25,50",
-         "max_epochs=2", "run.progress=false", f"run.root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"],
+         "max_epochs=2", "run.progress=false", f"run.root={tmp_path / 'runs'}",
+         f"hydra.sweep.dir={tmp_path / 'hydra'}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = [record(d) for d in sorted((tmp_path / "runs").iterdir())]

@@ -7,8 +7,10 @@ from bnnidr_hpc import cli, metrics, records
 from bnnidr_hpc.config import run_dir_for
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo
-from bnnidr_hpc.train import Optimizers, lr_factor, make_step, train
 from bnnidr_hpc.model import Reducer
+from bnnidr_hpc.optim import Optimizers, lr_factor
+from bnnidr_hpc.step import make_step
+from bnnidr_hpc.train import train
 
 METRICS = ("final_loss", "ap_in", "ap_out", "ap_retention")
 
@@ -70,19 +72,24 @@ def test_tensorboard_holds_scalars_hparams_and_graph_for_bayesian_skip_model(tin
     assert (rd / "tb" / "hparams").is_dir()
 
 
-def test_two_optimizers_each_update_only_their_own_parameters(tiny):
+def test_two_optimizers_each_step_their_own_parameters_by_their_own_rule(tiny):
     c = tiny("optimizers=[{name:sgd,params:'hidden.*',lr:0.05},{name:adam,params:'output.*',lr:1e-3}]")
     torch.manual_seed(0)
-    m = Reducer(c)
-    opts = Optimizers(c, m)
-    groups = [{id(p) for g in o.param_groups for p in g["params"]} for o, _, _ in opts.items]
-    assert groups[0].isdisjoint(groups[1]) and len(groups[0] | groups[1]) == len(list(m.parameters()))
-    assert [type(o).__name__ for o, _, _ in opts.items] == ["SGD", "Adam"]
+    m = Reducer(c.model_spec())
+    opts = Optimizers(c.optimizers, c.max_epochs, m)
+    assert [type(o).__name__ for o in opts.optimizers] == ["SGD", "Adam"]
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     m(torch.randn(8, 32)).square().sum().backward()
-    opts.items[0][0].step()  # only the SGD step
-    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {n for n in before if n.startswith("hidden.")}
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    opts.step()
+    for n, p in m.named_parameters():
+        assert p.grad is None, n  # zeroed for the next step
+        if n.startswith("hidden."):  # SGD's first step, momentum or not: p - lr g
+            assert torch.allclose(p, before[n] - 0.05 * grads[n], atol=1e-7), n
+        else:  # Adam's first step moves every coordinate with a gradient by lr, against its sign
+            moved = grads[n].abs() > 1e-6
+            assert torch.allclose((before[n] - p)[moved], 1e-3 * grads[n][moved].sign(), rtol=1e-3), n
+    assert set(grads) == set(before) and all(n.startswith(("hidden.", "output.")) for n in grads)
 
 
 def test_step_schedule_changes_lr_on_schedule(tiny):
@@ -105,9 +112,9 @@ def test_schedules():
 def test_per_optimizer_schedule_and_weight_decay(tiny):
     c = tiny("weight_decay=0.01", "optimizers=[{name:sgd,params:'hidden.*',schedule:{name:step,step_size:1,gamma:0.5}},"
              "{name:adamw,params:'output.*',weight_decay:0.1}]")
-    m = Reducer(c)
-    opts = Optimizers(c, m)
-    assert [o.param_groups[0]["weight_decay"] for o, _, _ in opts.items] == [0.01, 0.1]
+    m = Reducer(c.model_spec())
+    opts = Optimizers(c.optimizers, c.max_epochs, m)
+    assert [o.param_groups[0]["weight_decay"] for o in opts.optimizers] == [0.01, 0.1]
     assert opts.set_lr(2.0) == pytest.approx([c.learning_rate * 0.25, c.learning_rate])
 
 
@@ -121,14 +128,19 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
 
     first = train(tiny("bayesian=true"), tmp_path / "resumed", stop_requested=stop_after_11_steps)
     assert first["status"] == "interrupted" and first["epochs_done"] == 1
+    before_restart = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["state"]
+    assert (before_restart["epoch"], before_restart["step"]) == (1, 3)  # 11 steps = 1 epoch of 8 and 3
     # a later save killed mid-write leaves only its temp file; the last good checkpoint still counts
     (tmp_path / "resumed" / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")
     resumed = train(tiny("bayesian=true"), tmp_path / "resumed")
     assert resumed["status"] == "completed" and resumed["restarts"] == 1
     assert resumed["seconds_lost"] >= 0 and not list((tmp_path / "resumed").glob(".*.tmp"))
-    # total_seconds adds each session once: the interrupted one's, then this one's (from process start)
+    # total_seconds adds each session once: the interrupted one's (kept by the checkpoint), then
+    # this one's, from process start to the record's last update
+    assert 0 < before_restart["elapsed_at_interruption"] <= first["total_seconds"]
     this_session = resumed["updated_at"] - records.process_start_time()
-    assert resumed["total_seconds"] == pytest.approx(first["total_seconds"] + this_session, abs=0.5)
+    assert resumed["total_seconds"] == pytest.approx(before_restart["elapsed_at_interruption"] + this_session,
+                                                     rel=1e-9)
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
     assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-6)
@@ -138,18 +150,18 @@ def test_working_ahead_on_the_next_batch_changes_nothing(tiny, monkeypatch):
     """A step given the next batch computes its input distances early (while it would wait for
     collectives); the losses and the model must be exactly those of steps that compute them when
     they need them, from the loader's two alternating buffers."""
-    import bnnidr_hpc.train as train_module
+    import bnnidr_hpc.step as step_module
 
     computed_in_step = []
-    monkeypatch.setattr(train_module, "pair_targets",
+    monkeypatch.setattr(step_module, "pair_targets",
                         lambda *a: computed_in_step.append(1) or metrics.pair_targets(*a))
     c = tiny("batch_size=600", "data.n=1800", "data.p=16")  # 3 steps, several 256-row blocks
     losses, models, in_step = [], [], []
     for ahead in (True, False):
         computed_in_step.clear()
         torch.manual_seed(0)
-        model = Reducer(c)
-        step = make_step(c, model, Optimizers(c, model), DistInfo())
+        model = Reducer(c.model_spec())
+        step = make_step(c, model, Optimizers(c.optimizers, c.max_epochs, model), DistInfo())
         loader = ShardLoader(Hypersphere(c.data, c.seed), c.batch_size, 0, 1)
         losses.append([step(x, full, following if ahead else None)[0].item()
                        for epoch in range(2) for x, full, following in loader.epoch(epoch)])
@@ -215,3 +227,43 @@ def test_hydra_multirun_with_the_local_submitit_launcher_runs_num_gpu_ranks(tmp_
     (record,) = (tmp_path / "runs").glob("hps_00040-*/record.json")
     rec = json.loads(record.read_text())
     assert rec["status"] == "completed" and rec["world_size"] == 2
+
+
+def test_train_refuses_an_environment_whose_world_size_is_not_the_configs(tiny, tmp_path):
+    from bnnidr_hpc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rank 0 of 1 .*num_nodes x num_gpu = 2"):
+        train(tiny("num_gpu=2"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_ranks_train_one_run_and_a_mismatch_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    from bnnidr_hpc import distributed
+
+    def torchrun(*args):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(distributed.free_port()), "-m", "bnnidr_hpc.cli", "run", *TINY,
+                               f"run.root={tmp_path}", *args], capture_output=True, text=True, timeout=240)
+
+    proc = torchrun("num_gpu=2", "batch_size=16", "optimizers.0.name=sgd")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("completed: ") == 1  # rank 0 alone reports
+    (rec_path,) = tmp_path.glob("*/record.json")
+    rec = json.loads(rec_path.read_text())
+    assert rec["status"] == "completed" and rec["world_size"] == 2 and rec["global_batch_size"] == 32
+    # the same as `run --gpus 2` (spawned ranks): same losses
+    spawned = cli.main(["run", *TINY, f"run.root={tmp_path / 'spawned'}", "batch_size=16", "optimizers.0.name=sgd",
+                        "--gpus", "2"])
+    (other,) = (tmp_path / "spawned").glob("*/record.json")
+    assert spawned == 0
+    assert [e["loss"] for e in rec["epochs"]] == pytest.approx(
+        [e["loss"] for e in json.loads(other.read_text())["epochs"]], rel=1e-6)
+    mismatch = torchrun("num_gpu=1", "seed=5")
+    assert mismatch.returncode != 0
+    assert "bnnidr-hpc: world size: this process is rank" in mismatch.stderr
+    assert not list(tmp_path.glob("*/record.json"))[1:]  # nothing created for the refused run

@@ -1,0 +1,72 @@
+"""What a run keeps between sessions: the TrainState, and the checkpoint that holds it.
+
+Used by: train.py.
+
+checkpoint.pt holds the model's and optimizers' state dicts, the RNG states and the TrainState.
+It is written atomically by rank 0 after every epoch and at an interruption, so the last good
+one survives a kill; every rank loads it, and a restart continues from its epoch and step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from . import records
+
+
+@dataclass
+class TrainState:
+    """A run's progress; everything a restart needs besides the weights and optimizer moments."""
+
+    epoch: int = 0              # epochs completed
+    step: int = 0               # steps done of the current epoch (> 0 only after an interruption)
+    stress_sum: float = 0.0     # the interrupted epoch's loss sums so far
+    kl_sum: float = 0.0
+    history: List[dict] = field(default_factory=list)  # one metrics entry per completed epoch
+    ap_in: Optional[float] = None                      # retrieval AP in the input space
+    restarts: int = 0
+    seconds_lost: float = 0.0    # from each interruption to its restart (requeue, queueing, start-up)
+    seconds_before: float = 0.0  # time of the earlier sessions, for the record's total_seconds
+    interrupted_at: Optional[float] = None           # wall-clock time of the interruption
+    elapsed_at_interruption: Optional[float] = None  # seconds_before + the interrupted session's time
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def save(path: Path, model, optimizers, state: TrainState, device: torch.device) -> None:
+    payload = {"model": model.state_dict(), "optimizers": optimizers.state_dict(),
+               "state": asdict(state), "rng": _rng_state(device)}
+    records.atomic_write(path, lambda f: torch.save(payload, f), binary=True)
+
+
+def resume(path: Path, model, optimizers, device: torch.device, now: float) -> TrainState:
+    """A new TrainState, or the checkpoint's with the model, optimizers and RNGs restored from it
+    and this restart counted."""
+    if not path.exists():
+        return TrainState()
+    payload = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizers.load_state_dict(payload["optimizers"])
+    _set_rng_state(payload["rng"], device)
+    state = TrainState(**payload["state"])
+    state.restarts += 1
+    if state.interrupted_at is not None:
+        state.seconds_lost += max(0.0, now - state.interrupted_at)
+        state.seconds_before = state.elapsed_at_interruption
+    state.interrupted_at = state.elapsed_at_interruption = None
+    return state

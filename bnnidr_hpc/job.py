@@ -1,0 +1,143 @@
+"""What runs on every rank of a job: local ranks, torchrun ranks, or a Slurm job through submitit.
+
+Used by: cli.py (`bnnidr-hpc run [--gpus N]`, also under torchrun), submit.py (SlurmJob is what
+submitit pickles), hydra_app.py.
+
+Every rank calls the same `train`, which resumes from the run directory's checkpoint, so the first
+start and every restart take one path. On Slurm's warning signal (USR2, sent `signal_delay_s`
+before the time limit, or on preemption) or SIGTERM, the ranks agree to stop after the same step,
+rank 0 writes the checkpoint and requeues the job (`scontrol requeue`, in a child that ignores
+SIGTERM so preemption's SIGTERM cannot kill it), and the requeued job resumes. A job the user
+cancelled is not requeued.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from . import distributed, records
+from .config import Config, ConfigError, to_dict
+from .distributed import DistInfo
+from .train import train
+
+
+class StopFlag:
+    """Set by a stop signal; training polls it between steps (a Python attribute, no sync)."""
+
+    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+        self.signum: Optional[int] = None
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            print(f"bnnidr-hpc: caught {signal.Signals(signum).name}: checkpointing after this step",
+                  file=sys.stderr, flush=True)
+        self.signum = self.signum or signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+# ----------------------------------------------------------------------------- local ranks
+
+def check_local(c: Config) -> None:
+    if c.num_nodes != 1:
+        raise ConfigError(f"num_nodes={c.num_nodes} is not allowed for run: one machine; use submit --nodes")
+
+
+def run_local(c: Config, run_dir: Path) -> dict:
+    """Train c.world_size ranks on this machine: this process alone, this process as one of
+    torchrun's ranks, or c.world_size spawned ranks (one per GPU, or gloo CPU processes)."""
+    check_local(c)
+    launched = distributed.describe()
+    if launched.source == "torch":  # started by torchrun (or another launcher setting RANK/WORLD_SIZE)
+        return train(c, run_dir, launched, StopFlag((signal.SIGTERM, signal.SIGINT)))
+    if c.world_size == 1:
+        return train(c, run_dir, distributed.describe({}), StopFlag((signal.SIGTERM, signal.SIGINT)))
+    import torch.multiprocessing as mp
+
+    if not c.run.threads:  # share the cores instead of oversubscribing them
+        c = replace(c, run=replace(c.run, threads=max(1, (os.cpu_count() or 1) // c.world_size)))
+    port = distributed.free_port()
+    mp.start_processes(_local_rank, args=(c, str(run_dir), port), nprocs=c.world_size, start_method="spawn")
+    return records.read_record(run_dir)
+
+
+def _local_rank(rank: int, c: Config, run_dir: str, port: int) -> None:
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(c.world_size),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    train(c, Path(run_dir), distributed.describe(env), StopFlag((signal.SIGTERM, signal.SIGINT)))
+
+
+# ----------------------------------------------------------------------------- Slurm job
+
+class SlurmJob:
+    """What submitit runs on every rank of a job; picklable, no state beyond its config."""
+
+    def __init__(self, config: Config, run_dir: str):
+        self.config, self.run_dir = config, run_dir
+
+    def __call__(self) -> dict:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # RANK, WORLD_SIZE, MASTER_ADDR (first node of the allocation), MASTER_PORT, LOCAL_RANK.
+            # Every GPU stays visible, so NCCL keeps its peer-to-peer paths; a rank binds cuda:LOCAL_RANK.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        info = distributed.describe()
+        stop = StopFlag()
+        run_dir = Path(self.run_dir)
+        try:
+            record = train(self.config, run_dir, info, stop)
+        except Exception as exc:
+            if info.is_main:
+                records.mark_failed(run_dir, f"{type(exc).__name__}: {exc}", self.config, to_dict(self.config))
+            raise
+        if record["status"] == records.INTERRUPTED:
+            if info.is_main:
+                self._requeue_or_fail(info, record)
+            _wait_to_be_requeued(run_dir)
+        return {k: record.get(k) for k in ("status", "run_dir", "final_loss", "ap_out", "ap_retention",
+                                           "total_seconds", "world_size", "slurm_job_id")}
+
+    def _requeue_or_fail(self, info: DistInfo, record: dict) -> None:
+        from .status import job_state
+
+        job, limit = info.slurm_job_id, self.config.cluster.max_requeues
+        if record["restarts"] >= limit:
+            records.mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
+                                f"(cluster.max_requeues={limit})", self.config, to_dict(self.config))
+            return
+        # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
+        # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
+        state = job_state(job).get("JobState")
+        if state != "RUNNING":
+            print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
+            return
+        print(f"bnnidr-hpc: requeueing job {job} (restart {record['restarts'] + 1})", file=sys.stderr, flush=True)
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, preexec_fn=_ignore_sigterm)
+
+
+def _ignore_sigterm() -> None:
+    # Runs in the child before exec; an ignored signal stays ignored across exec.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
+    """Slurm ends every task when it requeues (or cancels) the job. If rank 0 gave up instead (the
+    record says failed), or nothing happens, end here rather than hold the allocation."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (records.read_record(run_dir) or {}).get("status") == records.FAILED:
+            sys.exit(1)
+        time.sleep(1)
+    sys.exit(3)

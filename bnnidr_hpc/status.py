@@ -1,0 +1,153 @@
+"""What a run is doing: its record and, for a submitted run, what Slurm says of its job.
+
+Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), submit.py (is a point already queued?),
+job.py (was the job cancelled?).
+
+A run's state is one of: submitted, pending, running, completed, failed, cancelled, interrupted,
+unknown. The record decides where it is final (completed, failed); Slurm's job state decides the
+rest (scontrol while the controller remembers the job, else sacct where accounting exists).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import records
+from .records import fmt
+
+# Slurm job states after which the job does not run again.
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+# The run states `status --follow` waits for.
+ENDED = {"completed", "failed", "cancelled"}
+
+
+def job_state(job_id: Optional[str]) -> Dict[str, str]:
+    """scontrol's fields for a job (JobState, Restarts, Reason, ...), else sacct's state, else {}."""
+    if not job_id:
+        return {}
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                             timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode == 0 and out.stdout.strip():
+        fields = {}
+        for token in out.stdout.split():
+            if "=" in token:
+                key, value = token.split("=", 1)
+                fields.setdefault(key, value)
+        return fields
+    try:
+        acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,Restarts", "-j", str(job_id)],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    line = acct.stdout.strip().splitlines()[:1]
+    if acct.returncode == 0 and line:
+        state, _, restarts = line[0].partition("|")
+        return {"JobState": state.split()[0], "Restarts": restarts or "0"}
+    return {}
+
+
+def slurm_view(run_dir: Path) -> Dict[str, str]:
+    """Slurm's fields for a run submitted to Slurm, else {}."""
+    job = records.read_job(run_dir) or {}
+    return job_state(job.get("job_id")) if job.get("executor") == "slurm" else {}
+
+
+def last_error_line(path: Optional[str]) -> Optional[str]:
+    """The last line of a log that names an error, else its last line."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return None
+    errors = [line for line in lines if "Error" in line or "error" in line or "Traceback" in line]
+    return (errors or lines or [None])[-1]
+
+
+def find_run_dirs(root: Path) -> List[Path]:
+    """root itself when it is a run directory, else the run directories below it, sorted."""
+    def is_run(d: Path) -> bool:
+        return (d / records.RECORD).exists() or (d / records.JOB).exists()
+
+    if is_run(root):
+        return [root]
+    return sorted({p.parent for pattern in (records.RECORD, records.JOB) for p in root.glob(f"*/{pattern}")})
+
+
+def _state(rec: dict, job: dict, slurm: dict) -> tuple:
+    """(state, detail) from the record, job.json and Slurm's fields."""
+    slurm_state, status = slurm.get("JobState", ""), rec.get("status")
+    if status == records.COMPLETED:
+        return "completed", ""
+    if slurm_state == "PENDING":
+        return "pending", slurm.get("Reason", "")
+    if slurm_state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"):
+        return "running", ""
+    if slurm_state == "CANCELLED":
+        return "cancelled", ""
+    if status == records.FAILED or slurm_state in TERMINAL:
+        detail = rec.get("error") or last_error_line(job.get("stderr")) or slurm_state.lower()
+        return "failed", detail + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
+    if status == records.INTERRUPTED:
+        return "interrupted", "run or submit it again to resume"
+    if status == records.RUNNING:
+        return "running", ""
+    return ("submitted" if job else "unknown"), ""
+
+
+def run_status(run_dir: Path) -> dict:
+    """One run's state, with epoch, loss, AP, samples/s, runtime, restarts and, on failure, the error."""
+    rec = records.read_record(run_dir) or {}
+    job = records.read_job(run_dir) or {}
+    slurm = slurm_view(run_dir)
+    restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
+    state, detail = _state(rec, job, slurm)
+    if restarts and state in ("pending", "running", "completed"):
+        detail = f"requeued {restarts}x" + (f"; {detail}" if detail else "")
+    return {
+        "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
+        "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
+        "loss": rec.get("final_loss"), "ap": rec.get("ap_out"), "ap_retention": rec.get("ap_retention"),
+        "samples_per_s": (rec.get("epochs") or [{}])[-1].get("samples_per_s"),
+        "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
+        "restarts": restarts, "detail": detail, "submitted": bool(job),
+    }
+
+
+def status_table(rows: List[dict]) -> List[str]:
+    header = (f"{'run':<28} {'job':>10} {'state':<11} {'epoch':>7} {'loss':>8} {'AP':>6} {'samples/s':>10} "
+              f"{'runtime':>8}  detail")
+    lines = [header]
+    for r in rows:
+        epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{r['max_epochs']}"
+        lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<11} {epoch:>7} "
+                     f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r['samples_per_s'], '.0f'):>10} "
+                     f"{fmt(r['runtime_s'], '.1f'):>8}  {r['detail']}")
+    return lines
+
+
+def new_epoch_lines(run_dir: Path, seen: int) -> tuple:
+    """(lines for the epochs of run_dir's metrics.jsonl after the first `seen`, lines now seen)."""
+    try:
+        lines = (run_dir / records.METRICS).read_text().splitlines()
+    except OSError:
+        return [], seen
+    out = []
+    for line in lines[seen:]:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        out.append(f"{run_dir.name}: epoch {e['epoch']} loss {e['loss']:.4f} AP {fmt(e['ap'], '.3f')} "
+                   f"{e['samples_per_s']:.0f} samples/s")
+    return out, len(lines)
+
+
+def all_ended(rows: List[dict]) -> bool:
+    """Nothing more will happen: every run ended, or was interrupted outside a job that could requeue it."""
+    return all(r["state"] in ENDED or (r["state"] == "interrupted" and not r["submitted"]) for r in rows)

@@ -1,0 +1,168 @@
+"""Every check of a run's config, before anything is created.
+
+Used by: loading.py (every command that loads a config).
+
+A failed check is one line: the key, the bad value and what is allowed (ConfigError, exit status
+2 at the CLI). Checks run on the loaded Config, after the optimizers' defaults are filled in.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from .config import (
+    ACTIVATIONS,
+    DEVICES,
+    EMBEDDINGS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    Config,
+    ConfigError,
+    ScheduleConfig,
+)
+
+
+def _fail(key: str, value, allowed: str) -> None:
+    raise ConfigError(f"config: {key}={value!r} is not allowed: {allowed}")
+
+
+def _positive(key: str, value, kind=int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        _fail(key, value, f"must be a positive {'integer' if kind is int else 'number'}")
+    if kind is int and not isinstance(value, int):
+        _fail(key, value, "must be a positive integer")
+
+
+def _non_negative(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        _fail(key, value, "must be >= 0")
+
+
+def _per_layer(key: str, value, nlayers: int, check) -> None:
+    if isinstance(value, (list, tuple)):
+        if len(value) != nlayers:
+            _fail(key, list(value),
+                  f"a list must have one entry per hidden layer (nlayers={nlayers}), got {len(value)}")
+        for i, item in enumerate(value):
+            check(f"{key}[{i}]", item)
+    else:
+        check(key, value)
+
+
+def _activation(key: str, value) -> None:
+    if value not in ACTIVATIONS:
+        _fail(key, value, f"one of {', '.join(ACTIVATIONS)}")
+
+
+def validate(c: Config) -> None:
+    """Raise ConfigError for the first value that is not allowed."""
+    _check_data(c)
+    _check_model(c)
+    _check_optimisation(c)
+    _check_evaluation_and_resources(c)
+
+
+def _check_data(c: Config) -> None:
+    data = c.data
+    for key in ("n", "p", "d", "categories"):
+        _positive(f"data.{key}", getattr(data, key))
+    if data.d >= data.p:
+        _fail("data.d", data.d, f"the intrinsic dimension must be smaller than data.p={data.p}")
+    _non_negative("data.noise", data.noise)
+    _positive("data.spread", data.spread, float)
+    _positive("data.cache_gb", data.cache_gb, float)
+    if data.embedding not in EMBEDDINGS:
+        _fail("data.embedding", data.embedding, f"one of {', '.join(EMBEDDINGS)}")
+
+
+def _check_model(c: Config) -> None:
+    """The lab's output_dim, nlayers, layer_size, act_funcs, skip_steps (batch_norm, bayesian:
+    booleans, typed by the schema), and precision."""
+    _positive("nlayers", c.nlayers)
+    _per_layer("layer_size", c.layer_size, c.nlayers, _positive)
+    _per_layer("act_funcs", c.act_funcs, c.nlayers, _activation)
+    if c.output_dim != "auto":
+        if isinstance(c.output_dim, str):
+            _fail("output_dim", c.output_dim, "a positive integer or auto")
+        _positive("output_dim", c.output_dim)
+        if c.output_dim >= c.input_dim:
+            _fail("output_dim", c.output_dim, f"must be smaller than the input dimension data.p={c.input_dim}")
+    if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
+        _fail("skip_steps", c.skip_steps, f"0 (none) or 2..nlayers={c.nlayers} (1 is the plain connection)")
+    _positive("bayes.prior_sigma", c.bayes.prior_sigma, float)
+    _positive("bayes.init_sigma", c.bayes.init_sigma, float)
+    _non_negative("bayes.kl_weight", c.bayes.kl_weight)
+    if c.precision not in PRECISIONS:
+        _fail("precision", c.precision, f"one of {', '.join(PRECISIONS)}")
+
+
+def _check_optimisation(c: Config) -> None:
+    """The lab's batch_size, max_epochs, num_gpu, learning_rate, weight_decay, lr_schedule, optimizer(s)."""
+    for key in ("batch_size", "max_epochs", "num_gpu", "num_nodes", "seed"):
+        (_non_negative if key == "seed" else _positive)(key, getattr(c, key))
+    if c.global_batch > c.data.n:
+        _fail("batch_size", c.batch_size, f"batch_size x world size {c.world_size} = {c.global_batch} exceeds "
+              f"data.n={c.data.n}; at most {c.data.n // c.world_size}")
+    _positive("learning_rate", c.learning_rate, float)
+    _non_negative("weight_decay", c.weight_decay)
+    _check_schedule("lr_schedule", c.lr_schedule)
+    if not c.optimizers:
+        _fail("optimizers", [], "at least one optimizer")
+    for i, opt in enumerate(c.optimizers):
+        key = f"optimizers[{i}]"
+        if opt.name not in OPTIMIZERS:
+            _fail(f"{key}.name", opt.name, f"one of {', '.join(OPTIMIZERS)}")
+        _positive(f"{key}.lr", opt.lr, float)
+        _non_negative(f"{key}.weight_decay", opt.weight_decay)
+        _check_schedule(f"{key}.schedule", opt.schedule)
+    validate_optimizer_patterns(c)
+
+
+def _check_evaluation_and_resources(c: Config) -> None:
+    for key in ("queries", "gallery", "every", "mc_samples", "block", "id_sample"):
+        _positive(f"eval.{key}", getattr(c.eval, key))
+    if c.run.device not in DEVICES:
+        _fail("run.device", c.run.device, f"one of {', '.join(DEVICES)}")
+    _non_negative("run.threads", c.run.threads)
+    cl = c.cluster
+    for key in ("cpus_per_task", "timeout_min", "signal_delay_s"):
+        _positive(f"cluster.{key}", getattr(cl, key))
+    _non_negative("cluster.max_requeues", cl.max_requeues)
+    if cl.mem_gb is not None:
+        _positive("cluster.mem_gb", cl.mem_gb, float)
+    for g in c.sweep.gpus:
+        _positive("sweep.gpus", g)
+
+
+def _check_schedule(key: str, s: ScheduleConfig) -> None:
+    if s.name not in SCHEDULES:
+        _fail(f"{key}.name", s.name, f"one of {', '.join(SCHEDULES)}")
+    _positive(f"{key}.step_size", s.step_size)
+    _positive(f"{key}.gamma", s.gamma, float)
+    _non_negative(f"{key}.warmup_epochs", s.warmup_epochs)
+    if not 0 <= s.min_factor <= 1:
+        _fail(f"{key}.min_factor", s.min_factor, "a number from 0 to 1")
+
+
+def validate_optimizer_patterns(c: Config) -> None:
+    """Every parameter belongs to exactly one optimizer; checked on the names the model will have."""
+    from .model import parameter_names
+
+    # The names do not depend on the output size, which "auto" leaves open until the data are seen.
+    names = parameter_names(c.model_spec(output_dim=1 if c.output_dim == "auto" else None))
+    owner: dict = {}
+    for i, opt in enumerate(c.optimizers):
+        matched = [n for n in names if fnmatch.fnmatchcase(n, opt.params)]
+        if not matched:
+            _fail(f"optimizers[{i}].params", opt.params,
+                  f"matches no parameter; names are like {', '.join(names[:4])}, ...")
+        for n in matched:
+            if n in owner:
+                _fail(f"optimizers[{i}].params", opt.params,
+                      f"parameter {n!r} is already owned by optimizers[{owner[n]}]; each belongs to one optimizer")
+            owner[n] = i
+    orphans = [n for n in names if n not in owner]
+    if orphans:
+        _fail("optimizers", [o.params for o in c.optimizers],
+              f"parameters {', '.join(orphans[:3])} belong to no optimizer; add a pattern that matches them")
