@@ -9,9 +9,12 @@ everything in their config but the GPU and node counts, so groups never mix; wit
 per world size with the lab's columns (n, p, d, batch size, gpu, epoch runtime, total runtime) and
 more. Strong scaling: speedup = steady epoch seconds on the fewest GPUs x their count / the row's,
 efficiency = speedup / GPUs. Weak scaling (n grows with the GPU count, n per GPU fixed): efficiency
-= epoch seconds at the fewest GPUs / the row's. Failed, running and interrupted runs are listed
-under the table, never averaged in; unreadable, truncated or foreign files are named on stderr and
-skipped. Exit status 1 only when no record could be read.
+= epoch seconds at the fewest GPUs / the row's. Failed, running, interrupted and diverged runs are
+listed under the table, never averaged in; so is a completed run whose n, p, d, batch size, world size
+or epoch time is missing or impossible (NaN, Infinity, 0). A bad optional figure (a NaN loss) is shown
+as "-" and not aggregated. Any file is survived: one that cannot be read (binary, truncated, too deep,
+a FIFO, a dangling symlink, foreign) or repeats a run already read (a copy) is named on stderr and
+skipped. --format json is strict JSON (null for NaN). Exit status 1 only when no record could be read.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import argparse
 import csv
 import io
 import json
+import math
+import os
 import statistics
 import sys
-from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import records
+from . import record_files, records
 
 # Keys that say how a run was spread, not what it computed.
 SPREAD_KEYS = ("num_gpu", "num_nodes", "run", "cluster")
@@ -41,25 +45,64 @@ HEADERS = {"group": "group", "n": "n", "p": "p", "d": "d", "batch_size": "batch 
 WEAK_COLUMNS = ["family", "gpu", "n", "n_per_gpu", "batch_size", "epoch_s", "weak_efficiency"]
 
 
-def find_records(paths: List[str]) -> List[Path]:
-    found = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-        elif p.is_dir():
-            found.extend(sorted(p.rglob("record.json")))
-    return found
+MAX_DEPTH = 64  # a config nests ~3 deep; deeper data would overflow flatten's and json.dumps' recursion
+IDENTITY = ("n", "p", "d", "batch_size", "world_size")  # a table row cannot be placed without these
 
 
-def read(path: Path) -> Tuple[Optional[dict], Optional[str]]:
-    """(record, None) or (None, why it was skipped)."""
+
+def _finite(v) -> bool:
+    """A JSON number that is finite as a float: json.loads gives NaN, Infinity, inf for 1e400, and
+    ints too large for a float (bool is an int to Python, not a number here)."""
+    if type(v) is float:  # the common case, first: collect checks every figure of 10,000 records
+        return math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        return None, f"unreadable ({exc.strerror})"
-    except ValueError as exc:
-        return None, f"not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
-    why = records.problem(data)
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+# What a usable figure is; a bad optional one is shown as "-" and never aggregated.
+_positive = lambda v: _finite(v) and v > 0
+_count = lambda v: isinstance(v, int) and _positive(v)
+OPTIONAL = {"total_seconds": _positive, "first_epoch_seconds": _positive, "time_to_first_step_s": _positive,
+            "samples_per_s": _positive, "samples_per_s_per_gpu": _positive, "steps_per_epoch": _count,
+            "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite}
+# The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
+USED = ("config", "run_dir", "updated_at", "status", "error", "epochs_done", "max_epochs", "steady_epoch_seconds",
+        "epoch_seconds", *IDENTITY, *OPTIONAL)
+
+
+def _show(rec: dict, key: str) -> str:
+    """key=value as the JSON says it (NaN, Infinity, "abc"), cut short, for a message."""
+    if key not in rec:
+        return f"{key} missing"
+    text = json.dumps(rec[key])
+    return f"{key}={text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _ok(rec: dict, key: str):
+    """An optional figure of the record, None where it is missing or unusable."""
+    value = rec.get(key)
+    return value if OPTIONAL[key](value) else None
+
+
+def _too_deep(values: list) -> Optional[str]:
+    nested = lambda vs, depth: [(v, depth) for v in vs if isinstance(v, (dict, list))]
+    stack = nested(values, 1)  # (container, its depth), without recursion
+    while stack:
+        value, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            return f"not a record: JSON nested deeper than {MAX_DEPTH} levels"
+        stack.extend(nested(value.values() if isinstance(value, dict) else value, depth + 1))
+    return None
+
+
+def read(path) -> Tuple[Optional[dict], Optional[str]]:
+    """(record, None) or (None, why it was skipped), whatever the file is."""
+    data, why = record_files.load(str(path))
+    why = why or records.problem(data) or _too_deep([data.get(k) for k in USED])
     return (None, why) if why else (data, None)
 
 
@@ -68,12 +111,47 @@ def _group_key(config: dict, drop=SPREAD_KEYS) -> str:
 
 
 def _median(values):
+    """The median of the values not None; None for none, or where two huge ones overflow."""
     values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    value = statistics.median(values) if values else None
+    return value if _finite(value) else None
 
 
-def _steady_epoch_seconds(rec: dict) -> Optional[float]:
-    return rec.get("steady_epoch_seconds") or _median(rec.get("epoch_seconds") or [])
+def _ratio(a, b) -> Optional[float]:
+    """a / b, None where either is missing or the quotient overflows a float."""
+    try:
+        value = float(a) / float(b)
+    except (TypeError, OverflowError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _epoch_time(rec: dict) -> Tuple[Optional[float], Optional[str]]:
+    """(steady epoch seconds, None), the figure speedup is computed from, or (None, why there is none)."""
+    if rec.get("steady_epoch_seconds") is not None:
+        if _positive(rec["steady_epoch_seconds"]):
+            return rec["steady_epoch_seconds"], None
+        return None, f"{_show(rec, 'steady_epoch_seconds')}: not a positive finite number"
+    epochs = rec.get("epoch_seconds")
+    value = _median(epochs) if isinstance(epochs, list) and all(_positive(e) for e in epochs) else None
+    if value is None:
+        return None, f"no epoch time: steady_epoch_seconds missing and {_show(rec, 'epoch_seconds')}"
+    return value, None
+
+
+def left_out(rec: dict) -> Optional[str]:
+    """Why a completed record cannot be a row of the table (None: it can)."""
+    for key in IDENTITY:
+        if not _count(rec.get(key)):
+            return f"{_show(rec, key)}: not a positive integer"
+    if not isinstance(rec.get("config"), dict):
+        return "no config"
+    return _epoch_time(rec)[1]
+
+
+def bad_fields(rec: dict) -> List[str]:
+    """The optional figures present but unusable, as key=value."""
+    return [_show(rec, k) for k, ok in OPTIONAL.items() if rec.get(k) is not None and not ok(rec[k])]
 
 
 def _differences(configs: List[dict]) -> List[str]:
@@ -81,13 +159,31 @@ def _differences(configs: List[dict]) -> List[str]:
     flats = [{k: json.dumps(v, sort_keys=True) for k, v in records.flatten(c).items()} for c in configs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({f.get(k) for f in flats}) > 1 and k not in ("data.n", "batch_size")]
-    return [" ".join(f"{k}={f.get(k)}" for k in varying) for f in flats]
+    # Keys as JSON writes them, without the quotes: a newline or an undecodable byte prints as an escape.
+    return [" ".join(f"{json.dumps(k)[1:-1]}={f.get(k)}" for k in varying) for f in flats]
 
 
-def strong_scaling(records: List[dict]) -> List[dict]:
+def _row(group: str, world: int, runs: List[dict], base: Optional[float]) -> dict:
+    """One row of the strong-scaling table; base = the group's epoch seconds x GPUs at the fewest GPUs."""
+    epoch_s = _median(_epoch_time(r)[0] for r in runs)
+    speedup = _ratio(base, epoch_s)
+    med = lambda key: _median(_ok(r, key) for r in runs)
+    first = runs[0]
+    return {"group": group, "n": first["n"], "p": first["p"], "d": first["d"], "batch_size": first["batch_size"],
+            "gpu": world, "runs": len(runs), "epoch_s": epoch_s, "total_s": med("total_seconds"),
+            "first_epoch_s": med("first_epoch_seconds"), "first_step_s": med("time_to_first_step_s"),
+            "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),
+            "samples_per_s_per_gpu": med("samples_per_s_per_gpu"), "speedup": speedup,
+            "efficiency": _ratio(speedup, world), "final_loss": med("final_loss"), "ap": med("ap_out"),
+            "ap_retention": med("ap_retention")}
+
+
+def strong_scaling(recs: List[dict]) -> List[dict]:
+    """Rows per group and world size; records left_out() are not in any aggregate."""
     groups: Dict[str, List[dict]] = {}
-    for rec in records:
-        groups.setdefault(_group_key(rec["config"]), []).append(rec)
+    for rec in recs:
+        if left_out(rec) is None:
+            groups.setdefault(_group_key(rec["config"]), []).append(rec)
     keys = sorted(groups, key=lambda k: (groups[k][0]["n"], groups[k][0]["p"], groups[k][0]["batch_size"], k))
     labels = _differences([json.loads(k) for k in keys])
     rows = []
@@ -96,36 +192,20 @@ def strong_scaling(records: List[dict]) -> List[dict]:
         for rec in groups[key]:
             by_world.setdefault(rec["world_size"], []).append(rec)
         base_world = min(by_world)
-        base_epoch = _median(_steady_epoch_seconds(r) for r in by_world[base_world])
-        for world in sorted(by_world):
-            runs = by_world[world]
-            epoch_s = _median(_steady_epoch_seconds(r) for r in runs)
-            speedup = base_epoch * base_world / epoch_s if base_epoch and epoch_s else None
-            first = runs[0]
-            rows.append({
-                "group": f"{index}" + (f" ({label})" if label else ""),
-                "n": first["n"], "p": first["p"], "d": first["d"], "batch_size": first["batch_size"],
-                "gpu": world, "runs": len(runs), "epoch_s": epoch_s,
-                "total_s": _median(r.get("total_seconds") for r in runs),
-                "first_epoch_s": _median(r.get("first_epoch_seconds") for r in runs),
-                "first_step_s": _median(r.get("time_to_first_step_s") for r in runs),
-                "steps_per_epoch": first.get("steps_per_epoch"),
-                "samples_per_s": _median(r.get("samples_per_s") for r in runs),
-                "samples_per_s_per_gpu": _median(r.get("samples_per_s_per_gpu") for r in runs),
-                "speedup": speedup, "efficiency": speedup / world if speedup else None,
-                "final_loss": _median(r.get("final_loss") for r in runs),
-                "ap": _median(r.get("ap_out") for r in runs),
-                "ap_retention": _median(r.get("ap_retention") for r in runs),
-            })
+        base_epoch = _median(_epoch_time(r)[0] for r in by_world[base_world])
+        base = base_epoch * base_world if base_epoch is not None else None
+        group = f"{index}" + (f" ({label})" if label else "")
+        rows.extend(_row(group, world, by_world[world], base) for world in sorted(by_world))
     return rows
 
 
-def weak_scaling(records: List[dict]) -> List[dict]:
+def weak_scaling(recs: List[dict]) -> List[dict]:
     """Families that differ only in n and GPU count, with n per GPU fixed and 2+ GPU counts."""
     families: Dict[Tuple[str, float], Dict[int, List[dict]]] = {}
-    for rec in records:
+    for rec in (r for r in recs if left_out(r) is None):
         config = dict(rec["config"])
-        config["data"] = {k: v for k, v in config.get("data", {}).items() if k != "n"}
+        data = config.get("data")
+        config["data"] = {k: v for k, v in data.items() if k != "n"} if isinstance(data, dict) else data
         key = (_group_key(config), rec["n"] / rec["world_size"])
         families.setdefault(key, {}).setdefault(rec["world_size"], []).append(rec)
     rows = []
@@ -134,20 +214,20 @@ def weak_scaling(records: List[dict]) -> List[dict]:
         if len(by_world) < 2 or len({runs[0]["n"] for runs in by_world.values()}) < 2:
             continue
         index += 1
-        base = _median(_steady_epoch_seconds(r) for r in by_world[min(by_world)])
+        base = _median(_epoch_time(r)[0] for r in by_world[min(by_world)])
         for world in sorted(by_world):
             runs = by_world[world]
-            epoch_s = _median(_steady_epoch_seconds(r) for r in runs)
+            epoch_s = _median(_epoch_time(r)[0] for r in runs)
             rows.append({"family": index, "gpu": world, "n": runs[0]["n"], "n_per_gpu": n_per_gpu,
                          "batch_size": runs[0]["batch_size"], "epoch_s": epoch_s,
-                         "weak_efficiency": base / epoch_s if base and epoch_s else None})
+                         "weak_efficiency": _ratio(base, epoch_s)})
     return rows
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
         return records.fmt(value, ".0f" if abs(value) >= 1000 else ".3g")
-    return records.fmt(value, "")
+    return records.fmt(value, "").replace("|", "\\|")  # a "|" in a group's label would split its cell
 
 
 def markdown(rows: List[dict], columns: List[str], headers: Dict[str, str]) -> str:
@@ -200,19 +280,65 @@ def plot(rows: List[dict], path: str) -> None:
     plt.close(fig)
 
 
-def collect(paths: List[str]) -> Tuple[List[dict], List[dict], List[Tuple[str, str]]]:
-    """(completed records, other records, skipped (path, why))."""
-    done, other, skipped = [], [], []
-    for path in find_records(paths):
+class Collected(NamedTuple):
+    done: List[dict]  # completed records, the table's
+    other: List[dict]  # not completed: listed under the table
+    left_out: List[Tuple[str, str]]  # (run_dir, why) of completed records that cannot be in the table
+    notes: List[Tuple[str, str]]  # (path, bad optional figures) of records in the table
+    skipped: List[Tuple[str, str]]  # (path, why) of what was not read, duplicates included
+
+
+def _identity(rec: dict, path: str) -> Tuple[str, str]:
+    """What makes two records one run: run_dir and updated_at, which a copy keeps; else the file."""
+    if rec.get("run_dir") is not None and rec.get("updated_at") is not None:
+        return json.dumps([rec["run_dir"], rec["updated_at"]]), "same run_dir and updated_at"
+    return os.path.realpath(path), "same file"
+
+
+def collect(paths: List[str]) -> Collected:
+    found, skipped = record_files.find_records(paths)
+    got = Collected([], [], [], [], skipped)
+    first: Dict[str, str] = {}
+    for path in found:
         rec, why = read(path)
         if rec is None:
-            skipped.append((str(path), why))
-        elif records.is_complete(rec):
-            done.append(rec)
+            skipped.append((path, why))
+            continue
+        key, same = _identity(rec, path)
+        if key in first:
+            skipped.append((path, f"duplicate of {first[key]} ({same})"))
+            continue
+        first[key] = path
+        if rec.get("run_dir") is None:
+            rec["run_dir"] = os.path.dirname(path) or "."
+        if not records.is_complete(rec):
+            got.other.append(rec)
+        elif why := left_out(rec):
+            got.left_out.append((rec["run_dir"], why))
         else:
-            rec.setdefault("run_dir", str(path.parent))
-            other.append(rec)
-    return done, other, skipped
+            got.done.append(rec)
+            if bad := bad_fields(rec):
+                got.notes.append((path, ", ".join(bad)))
+    return got
+
+
+def _say(text: str, file=None) -> None:
+    """text on one line, printable: an error may hold a traceback, a name a newline or undecodable bytes."""
+    file = file or sys.stderr
+    encoding = getattr(file, "encoding", None) or "utf-8"
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=file)
+
+
+def _list_apart(not_done: List[dict], left: List[Tuple[str, str]], file) -> None:
+    """The runs not in the table, one line each: never averaged in."""
+    if not_done or left:
+        print("\nNot in the table:", file=file)
+    for r in not_done:
+        line = f"  {r['status']}: {r['run_dir']} (epoch {r['epochs_done']}/{r['max_epochs']})"
+        _say(line + (f": {r['error']}" if r["error"] else ""), file)
+    for run_dir, why in left:
+        _say(f"  completed, left out: {run_dir}: {why}", file)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -222,18 +348,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--plot", metavar="FILE.png", help="runtime and efficiency against GPU count")
     ns = parser.parse_args(argv)
 
-    done, other, skipped = collect(ns.dirs)
-    for path, why in skipped:
-        print(f"collect: skipped {path}: {why}", file=sys.stderr)
-    if not done and not other:
-        print(f"collect: no readable record under {' '.join(ns.dirs)}", file=sys.stderr)
+    got = collect(ns.dirs)
+    for path, why in got.skipped:
+        _say(f"collect: skipped {path}: {why}")
+    for path, bad in got.notes:
+        _say(f"collect: {path}: shown as - and not aggregated (not a usable figure): {bad}")
+    if not (got.done or got.other or got.left_out):
+        _say(f"collect: no readable record under {' '.join(ns.dirs)}")
         return 1
-    rows, weak = strong_scaling(done), weak_scaling(done)
+    rows, weak = strong_scaling(got.done), weak_scaling(got.done)
     not_done = [{"run_dir": r.get("run_dir"), "status": r.get("status"), "epochs_done": r.get("epochs_done"),
-                 "max_epochs": r.get("max_epochs"), "error": r.get("error")} for r in other]
+                 "max_epochs": r.get("max_epochs"), "error": r.get("error")} for r in got.other]
     if ns.format == "json":
-        print(json.dumps({"strong_scaling": rows, "weak_scaling": weak, "not_completed": not_done,
-                          "skipped": [{"path": p, "why": w} for p, w in skipped]}, indent=1))
+        data = {"strong_scaling": rows, "weak_scaling": weak, "not_completed": not_done,
+                "left_out": [{"run_dir": d, "why": w} for d, w in got.left_out],
+                "skipped": [{"path": p, "why": w} for p, w in got.skipped]}
+        # Strict JSON: json.dumps writes NaN and Infinity, which JSON has not; read back, they turn null.
+        print(json.dumps(json.loads(json.dumps(data), parse_constant=lambda _: None), indent=1, allow_nan=False))
     elif ns.format == "csv":
         sys.stdout.write(to_csv(rows, COLUMNS))
     else:
@@ -241,12 +372,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if weak:
             print("\nWeak scaling (n per GPU fixed):\n")
             print(markdown(weak, WEAK_COLUMNS, {}))
-    if not_done and ns.format != "json":
-        print("\nNot in the table (not completed):", file=sys.stdout if ns.format == "markdown" else sys.stderr)
-        for r in not_done:
-            line = f"  {r['status']}: {r['run_dir']} (epoch {r['epochs_done']}/{r['max_epochs']})"
-            print(line + (f": {r['error']}" if r["error"] else ""),
-                  file=sys.stdout if ns.format == "markdown" else sys.stderr)
+    if ns.format != "json":
+        _list_apart(not_done, got.left_out, sys.stdout if ns.format == "markdown" else sys.stderr)
     if ns.plot and rows:
         plot(rows, ns.plot)
         print(f"plot: {ns.plot}", file=sys.stderr)

@@ -1,6 +1,10 @@
-"""tools/collect.py on records: speedup and efficiency, groups, failed runs, corrupt files."""
+"""tools/collect.py on records: speedup and efficiency, groups, failed runs, corrupt files, bad values,
+copies, and files that are not records at all."""
 
 import json
+import math
+import os
+import shutil
 import subprocess
 import sys
 
@@ -118,3 +122,156 @@ def test_a_trained_run_is_collected_with_the_figures_of_its_record(tiny, capsys)
     assert main([str(run_dir_for(c))]) == 0
     (shown,) = markdown_rows(capsys.readouterr().out)
     assert shown["gpu"] == "1" and float(shown["AP"]) == pytest.approx(rec["ap_out"], abs=1e-3)
+
+
+NAN, INF = math.nan, math.inf
+POSIX = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and symlinks")
+
+
+def line_with(text: str, *parts) -> str:
+    """The one line of text holding every part (str() of each)."""
+    (line,) = [line for line in text.splitlines() if all(str(p) in line for p in parts)]
+    return line
+
+
+@POSIX
+def test_any_file_is_skipped_with_why_and_the_table_still_prints(tmp_path):
+    write(tmp_path, "a", fake_record(1, 8.0))
+    write(tmp_path, "b", fake_record(2, 4.0))
+    deep = fake_record(1, 1.0)
+    for _ in range(200):
+        deep["config"] = {"x": deep["config"]}
+    write(tmp_path, "deeper", deep)
+    for name, raw in {"binary": b"\x89PNG\r\n\x1a\n\xff\xfe\x00", "deep": b"[" * 100000, "digits": b"1" * 5000}.items():
+        (write(tmp_path, name, "") / "record.json").write_bytes(raw)
+    for name in ("fifo", "dangling", "loop"):
+        (tmp_path / name).mkdir()
+    os.mkfifo(tmp_path / "fifo" / "record.json")  # opened, it would block until a writer came
+    (tmp_path / "dangling" / "record.json").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop" / "record.json").symlink_to(tmp_path / "loop" / "record.json")
+    (tmp_path / "dir" / "record.json").mkdir(parents=True)
+    (tmp_path / "up").symlink_to(tmp_path)  # a directory loop
+    script = [sys.executable, str(REPO / "tools" / "collect.py")]
+    proc = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    table = markdown_rows(proc.stdout)
+    assert [(r["gpu"], r["speedup"]) for r in table] == [("1", "1"), ("2", "2")]
+    why = {"binary": "not valid JSON", "deep": "not valid JSON", "digits": "not valid JSON", "deeper": "nested deeper",
+           "fifo": "a FIFO, not a regular file", "dangling": "dangling symlink", "loop": "symlink loop",
+           "dir": "a directory, not a regular file"}
+    for name, because in why.items():
+        assert line_with(proc.stderr, f"skipped {tmp_path / name / 'record.json'}: ", because), proc.stderr
+    assert line_with(proc.stderr, f"skipped {tmp_path / 'up'}: directory already searched as {tmp_path}")
+    assert len(proc.stderr.splitlines()) == len(why) + 1  # one line each, nothing else
+    only_bad = [str(tmp_path / n) for n in ("binary", "fifo", "dir", "dangling")]
+    proc = subprocess.run([*script, *only_bad], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no readable record" in proc.stderr
+
+
+def test_a_completed_run_with_a_bad_n_world_size_or_epoch_time_is_left_out_and_named(tmp_path, capsys):
+    write(tmp_path, "a", fake_record(1, 8.0))
+    write(tmp_path, "b", fake_record(2, 4.0))
+    epoch = "steady_epoch_seconds"
+    bad = [("n", None, "n missing"), ("n", "2000", 'n="2000"'), ("n", 0, "n=0"), ("world_size", 0, "world_size=0"),
+           ("world_size", -2, "world_size=-2"), (epoch, "abc", f'{epoch}="abc"'), (epoch, [1, 2], f"{epoch}=[1, 2]"),
+           (epoch, 0, f"{epoch}=0"), (epoch, -3.0, f"{epoch}=-3.0"), (epoch, NAN, f"{epoch}=NaN"),
+           (epoch, INF, f"{epoch}=Infinity")]
+    for i, (key, value, _) in enumerate(bad):
+        rec = fake_record(1, 8.0) | {key: value}
+        if value is None:
+            del rec[key]
+        write(tmp_path, f"bad{i}", json.dumps(rec).replace("Infinity", "1e400"))  # json reads 1e400 as inf
+    assert main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    table = markdown_rows(out)
+    assert [(r["gpu"], r["runs"], r["speedup"], r["efficiency"]) for r in table] == [("1", "1", "1", "1"),
+                                                                                    ("2", "1", "2", "1")]
+    for i, (_, _, shown) in enumerate(bad):
+        assert line_with(out, f"completed, left out: {tmp_path / f'bad{i}'}: {shown}: not a positive ")
+
+
+def test_an_impossible_epoch_time_does_not_spoil_its_group():
+    rows = strong_scaling([fake_record(1, NAN), fake_record(2, 4.0), fake_record(4, 2.0)])
+    assert [(r["gpu"], r["speedup"], r["efficiency"]) for r in rows] == [(2, 2.0, 1.0), (4, 4.0, 1.0)]
+    zero = fake_record(1, 8.0) | {"steady_epoch_seconds": 0}
+    rows = strong_scaling([zero, fake_record(1, 8.0), fake_record(2, 4.0), fake_record(4, 1.0) | {"n": -1}])
+    assert [(r["gpu"], r["runs"], r["epoch_s"], r["speedup"]) for r in rows] == [(1, 1, 8.0, 1.0), (2, 1, 4.0, 2.0)]
+    rows = weak_scaling([fake_record(1, 2.0, n=1000), fake_record(1, NAN, n=1000), fake_record(2, 2.5, n=2000)])
+    assert [r["weak_efficiency"] for r in rows] == pytest.approx([1.0, 0.8])
+
+
+def test_a_bad_optional_figure_is_a_dash_and_not_aggregated(tmp_path, capsys):
+    write(tmp_path, "a", fake_record(1, 8.0) | {"final_loss": 0.02})
+    bad = {"final_loss": NAN, "total_seconds": 0, "samples_per_s": -1.0, "ap_out": "x", "steps_per_epoch": 2.5}
+    b = write(tmp_path, "b", fake_record(1, 8.0) | bad)
+    write(tmp_path, "c", fake_record(2, 4.0) | {"final_loss": NAN, "ap_retention": INF})
+    assert main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    one, two = markdown_rows(out)
+    assert (one["runs"], one["loss"], one["total runtime (s)"], one["samples/s"], one["AP"]) == ("2", "0.02", "34",
+                                                                                              "250", "0.9")
+    assert (two["loss"], two["AP retention"], two["speedup"], two["efficiency"]) == ("-", "-", "2", "1")
+    line = line_with(err, b / "record.json", "not aggregated")
+    assert all(s in line for s in ("final_loss=NaN", "total_seconds=0", "samples_per_s=-1.0", 'ap_out="x"'))
+
+
+@POSIX
+def test_a_run_counts_once_however_often_it_is_reached(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    one = write(runs, "one", fake_record(1, 8.0) | {"run_dir": "/scratch/one", "updated_at": 1.5})
+    write(runs, "two", fake_record(2, 4.0) | {"run_dir": "/scratch/two", "updated_at": 2.5})
+    shutil.copytree(one, tmp_path / "backup" / "one")  # a copied run directory
+    (runs / "z-file").mkdir()
+    (runs / "z-file" / "record.json").symlink_to(one / "record.json")
+    (runs / "zlink").symlink_to(one)
+    bare = write(tmp_path, "bare", fake_record(4, 2.0))  # no run_dir or updated_at: the file is its identity
+    assert main([str(runs), str(tmp_path / "backup"), str(runs), str(bare / "record.json"), str(bare)]) == 0
+    out, err = capsys.readouterr()
+    assert [(r["gpu"], r["runs"]) for r in markdown_rows(out)] == [("1", "1"), ("2", "1"), ("4", "1")]
+    original = one / "record.json"
+    for copy in (runs / "z-file", tmp_path / "backup" / "one"):
+        assert line_with(err, f"skipped {copy / 'record.json'}: duplicate of {original} (same run_dir and updated_at)")
+    assert line_with(err, f"skipped {runs / 'zlink'}: directory already searched as {one}")
+    assert line_with(err, f"skipped {runs}: directory already searched as {runs}")
+    assert line_with(err, f"skipped {bare / 'record.json'}: duplicate of {bare / 'record.json'} (same file)")
+
+
+def test_diverged_and_other_unfinished_runs_are_listed_with_their_error_never_averaged(tmp_path, capsys):
+    write(tmp_path, "a", fake_record(1, 8.0))
+    diverged = write(tmp_path, "d", fake_record(1, 0.1, status="diverged") | {
+        "final_loss": NAN, "error": "loss is NaN at epoch 2\n(learning rate too high?)"})
+    write(tmp_path, "i", fake_record(2, 4.0, status="interrupted"))
+    write(tmp_path, "f", fake_record(2, 4.0, status="failed") | {"run_dir": "/scratch/\udcff"})  # not UTF-8
+    assert main([str(tmp_path)]) == 0
+    out, _ = capsys.readouterr()
+    (row,) = markdown_rows(out)
+    assert (row["gpu"], row["runs"], row["epoch runtime (s)"]) == ("1", "1", "8")
+    line = line_with(out, f"  diverged: {diverged} (epoch 1/3): loss is NaN at epoch 2")
+    assert line.endswith("(learning rate too high?)")  # one line, whatever the error holds
+    assert "interrupted: " in out and line_with(out, "failed: /scratch/")
+
+
+def test_odd_text_in_a_config_prints_on_one_line(tmp_path, capsys):
+    odd = fake_record(1, 8.0)
+    odd["config"]["a|b\n\udcff"] = "x|y"  # a key with a newline and a byte that is not UTF-8
+    write(tmp_path, "a", fake_record(1, 8.0))
+    write(tmp_path, "b", odd)
+    assert main([str(tmp_path)]) == 0
+    out, _ = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| 1") or line.startswith("| 2")]
+    assert len(rows) == 2 and any("a\\|b\\n\\udcff=\"x\\|y\"" in row for row in rows)
+    assert main([str(tmp_path), "--format", "csv"]) == 0 and len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_json_is_strict_json(tmp_path, capsys):
+    write(tmp_path, "a", fake_record(1, 1e308) | {"final_loss": NAN})  # its total_seconds overflow to inf
+    write(tmp_path, "b", fake_record(2, 1e-300))  # speedup 1e308 x 1 / 1e-300 overflows a float
+    left = write(tmp_path, "c", fake_record(1, NAN))
+    write(tmp_path, "d", fake_record(4, 1.0, status="running") | {"max_epochs": INF})
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda token: pytest.fail(f"{token} in the JSON"))
+    one, two = data["strong_scaling"]
+    assert (one["final_loss"], one["total_s"], one["speedup"]) == (None, None, 1.0)
+    assert (two["gpu"], two["speedup"], two["efficiency"]) == (2, None, None)
+    assert data["left_out"] == [{"run_dir": str(left), "why": "steady_epoch_seconds=NaN: not a positive finite number"}]
+    assert data["not_completed"][0]["max_epochs"] is None
