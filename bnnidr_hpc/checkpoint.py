@@ -9,6 +9,8 @@ one survives a kill; every rank loads it, and a restart continues from its epoch
 
 from __future__ import annotations
 
+import io
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +18,7 @@ from typing import List, Optional
 import torch
 
 from . import records
+from .config import ConfigError
 
 
 @dataclass
@@ -29,10 +32,10 @@ class TrainState:
     history: List[dict] = field(default_factory=list)  # one metrics entry per completed epoch
     ap_in: Optional[float] = None                      # retrieval AP in the input space
     restarts: int = 0
-    seconds_lost: float = 0.0    # from each interruption to its restart (requeue, queueing, start-up)
+    # From each session's last checkpoint to the next session's start: the wait for a requeue,
+    # or the work a kill threw away.
+    seconds_lost: float = 0.0
     seconds_before: float = 0.0  # time of the earlier sessions, for the record's total_seconds
-    interrupted_at: Optional[float] = None           # wall-clock time of the interruption
-    elapsed_at_interruption: Optional[float] = None  # seconds_before + the interrupted session's time
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -48,10 +51,19 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def save(path: Path, model, optimizers, state: TrainState, device: torch.device) -> None:
+def save(path: Path, model, optimizers, state: TrainState, device: torch.device, process_started: float) -> None:
+    """The checkpoint, with when it was written and how long the run had taken by then (every
+    session so far), so a restart after any end, kill -9 included, counts each session."""
+    now = time.time()
     payload = {"model": model.state_dict(), "optimizers": optimizers.state_dict(),
-               "state": asdict(state), "rng": _rng_state(device)}
-    records.atomic_write(path, lambda f: torch.save(payload, f), binary=True)
+               "state": asdict(state), "rng": _rng_state(device),
+               "saved_at": now, "elapsed_s": state.seconds_before + now - process_started,
+               "device_type": device.type}
+    # Serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a
+    # plain write as ENOSPC.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    records.atomic_write(path, lambda f: f.write(buffer.getbuffer()), binary=True)
 
 
 def resume(path: Path, model, optimizers, device: torch.device, now: float) -> TrainState:
@@ -60,13 +72,15 @@ def resume(path: Path, model, optimizers, device: torch.device, now: float) -> T
     if not path.exists():
         return TrainState()
     payload = torch.load(path, map_location=device, weights_only=False)
+    made_on = payload.get("device_type", device.type)
+    if made_on != device.type:  # the generator makes other points on another device type
+        raise ConfigError(f"run.device: this run's data were made on {made_on} and it resumes on {device.type}, "
+                          f"which would train on other points; resume it with run.device={made_on}")
     model.load_state_dict(payload["model"])
     optimizers.load_state_dict(payload["optimizers"])
     _set_rng_state(payload["rng"], device)
     state = TrainState(**payload["state"])
     state.restarts += 1
-    if state.interrupted_at is not None:
-        state.seconds_lost += max(0.0, now - state.interrupted_at)
-        state.seconds_before = state.elapsed_at_interruption
-    state.interrupted_at = state.elapsed_at_interruption = None
+    state.seconds_lost += max(0.0, now - payload["saved_at"])
+    state.seconds_before = payload["elapsed_s"]
     return state

@@ -21,8 +21,9 @@ from typing import List, Optional, Tuple
 
 from .config import ConfigError, run_dir_for
 from .loading import load
-from .records import COMPLETED, fmt, read_record, set_aside
+from .records import COMPLETED, DIVERGED, RunDirBusy, RunFileError, check_free, fmt, read_record, set_aside
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 3
 
@@ -63,28 +64,56 @@ def _summary(record: dict) -> str:
 
 def cmd_run(ns) -> int:
     from . import distributed
-    from .job import check_local, run_local
+    from .job import check_local
 
     config_path, overrides = split_config_and_overrides(ns.args)
     if ns.gpus is not None:
-        overrides.append(f"num_gpu={parse_gpus(str(ns.gpus))[0]}")
+        gpus = parse_gpus(str(ns.gpus))
+        if len(gpus) > 1:
+            raise UsageError(f"--gpus={ns.gpus} is not allowed for run: one count (a list is for submit)")
+        overrides.append(f"num_gpu={gpus[0]}")
     c = load(config_path, overrides)
     check_local(c)
     main_rank = distributed.describe().is_main  # under torchrun, rank 0 alone speaks
     run_dir = run_dir_for(c)
-    done = read_record(run_dir)
-    if done and done.get("status") == COMPLETED and not ns.force:
+    if main_rank:
+        check_free(run_dir)
+    earlier = read_record(run_dir) or {}
+    if earlier.get("status") in (COMPLETED, DIVERGED) and not ns.force:
         if main_rank:
-            print(f"already completed (use --force to train again):\n{_summary(done)}")
-        return 0
+            print(f"already {earlier['status']} (use --force to train again):\n{_summary(earlier)}")
+        return 0 if earlier["status"] == COMPLETED else EXIT_FAILED
     if ns.force and main_rank:
         set_aside(run_dir)
-    record = run_local(c, run_dir)
+    return _train_here(c, run_dir, main_rank)
+
+
+def _train_here(c, run_dir: Path, main_rank: bool) -> int:
+    """Train, then one summary; every way the run ends is a line and an exit status."""
+    from .job import RunFailed, run_local
+
+    try:
+        record = run_local(c, run_dir)
+    except (ConfigError, RunDirBusy):
+        raise  # bad input: one line and exit 2, from main
+    except (RunFailed, RunFileError) as exc:
+        print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the record holds the error; the terminal gets its line
+        from .train import one_line
+
+        print(f"bnnidr-hpc: failed: {one_line(exc)} (record: {run_dir / 'record.json'})", file=sys.stderr)
+        return EXIT_FAILED
     if main_rank:
         print(_summary(record))
+    if record["status"] == DIVERGED:
+        if main_rank:
+            print(f"bnnidr-hpc: diverged: {record.get('error')} (lower learning_rate; a blow-up's bound is "
+                  "run.diverge_factor)", file=sys.stderr)
+        return EXIT_FAILED
     if record["status"] != COMPLETED:
         if main_rank:
-            print("interrupted: run the same command again to resume from the checkpoint", file=sys.stderr)
+            print("bnnidr-hpc: interrupted; rerun the same command to resume from the checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -110,6 +139,8 @@ def cmd_submit(ns) -> int:
             print(f"completed, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
         elif point.action == submit.QUEUED:
             print(f"already {point.detail}: {point.run_dir}")
+        elif point.action == submit.DIVERGED:
+            print(f"diverged, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
         elif point.action == submit.RESUME:
             print(f"resuming from its checkpoint: {point.run_dir}")
     for point, info in submit.submit(plan, ns.local, ns.force):
@@ -215,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ns.args = list(ns.args) + extra
     try:
         return ns.func(ns)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, RunDirBusy) as exc:
         print(f"bnnidr-hpc: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

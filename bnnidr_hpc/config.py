@@ -148,6 +148,10 @@ class RunConfig:
         threads: CPU threads per rank (0 = PyTorch's default).
         graph: write the model graph to TensorBoard.
         progress: show a progress bar.
+        rank_timeout_s: a rank that has not answered for this long (killed, stopped, hung in a
+            collective) ends the whole run, named with its host, instead of holding the others.
+        diverge_factor: the run stops as diverged when an epoch's loss exceeds this many times
+            the first epoch's (0: only a non-finite loss, which always stops it).
     """
 
     root: str = "runs"
@@ -156,6 +160,8 @@ class RunConfig:
     threads: int = 0
     graph: bool = True
     progress: bool = True
+    rank_timeout_s: float = 120.0
+    diverge_factor: float = 100.0
 
 
 @dataclass

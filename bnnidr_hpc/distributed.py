@@ -9,22 +9,22 @@ Sources, first match wins (DistInfo.source says which):
   SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  "srun": plain srun tasks
   nothing                                                      "single": one process, rank 0 of 1
 Also read here: SLURM_JOB_ID / SLURM_ARRAY_JOB_ID / SLURM_ARRAY_TASK_ID (the record's job id),
-SLURM_CPUS_PER_TASK (threads per rank), BNNIDR_DIST_TIMEOUT_S (how long a rank waits for a lost one),
-TORCHELASTIC_USE_AGENT_STORE (torchrun: join its store instead of starting one).
+SLURM_CPUS_PER_TASK (threads per rank), TORCHELASTIC_USE_AGENT_STORE (torchrun: join its store
+instead of starting one). How long a rank waits for a lost one is the config's run.rank_timeout_s.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
-
-DEFAULT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class DistInfo:
     hostname: str = ""
     slurm_job_id: Optional[str] = None
     cpus_per_task: int = 0  # cores Slurm gave each rank (0: not under Slurm)
-    timeout_s: int = DEFAULT_TIMEOUT_S
     source: str = "single"  # which variables described the ranks: torch, srun or single
     agent_store: bool = False  # torchrun's agent already serves the rendezvous store at MASTER_PORT
 
@@ -64,7 +63,6 @@ def describe(env: Optional[dict] = None) -> DistInfo:
         hostname=socket.gethostname(),
         slurm_job_id=job or env.get("SLURM_JOB_ID"),
         cpus_per_task=_int(env, "SLURM_CPUS_PER_TASK", default=0),
-        timeout_s=_int(env, "BNNIDR_DIST_TIMEOUT_S", default=DEFAULT_TIMEOUT_S),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=_int(env, "MASTER_PORT", default=29500),
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
@@ -87,11 +85,13 @@ def pick_device(info: DistInfo, wanted: str = "auto") -> torch.device:
     return torch.device("cuda", info.local_rank % torch.cuda.device_count())
 
 
-def init(info: DistInfo, device: torch.device) -> None:
-    """Join the process group: NCCL bound to this rank's GPU, or gloo on the CPU. A rank that is
-    lost makes the others fail after info.timeout_s instead of hanging the job."""
+def init(info: DistInfo, device: torch.device, timeout_s: float = 120.0,
+         on_lost: Optional[Callable[[int, str], None]] = None) -> Optional["Watchdog"]:
+    """Join the process group: NCCL bound to this rank's GPU, or gloo on the CPU. A collective
+    that waits longer than timeout_s fails; a rank that stops answering (killed, stopped) is
+    reported to on_lost(rank, message) by the Watchdog this returns, within timeout_s."""
     if not info.distributed or dist.is_initialized():
-        return
+        return None
     kwargs = {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -101,7 +101,80 @@ def init(info: DistInfo, device: torch.device) -> None:
         # torchrun's agent holds MASTER_PORT: env:// joins its store, where tcp:// would try to serve one.
         init_method="env://" if info.agent_store else f"tcp://{info.master_addr}:{info.master_port}",
         rank=info.rank, world_size=info.world_size,
-        timeout=timedelta(seconds=info.timeout_s), **kwargs)
+        # Later than the watchdog, which names a lost rank; this catches ranks alive but stuck.
+        timeout=timedelta(seconds=timeout_s + 3 * Watchdog.interval_for(timeout_s) + 5), **kwargs)
+    return Watchdog(info, timeout_s, on_lost) if on_lost is not None else None
+
+
+class Watchdog:
+    """Every rank beats a counter in the rendezvous store from a thread of its own; a rank whose
+    counter stops for timeout_s (killed, stopped with SIGSTOP, its node gone), or that posts an
+    error, is named with its host to on_lost. Counters, not clocks: nodes' clocks may differ.
+    A store that no longer answers means rank 0, which serves it, is gone."""
+
+    PREFIX = "bnnidr/"
+
+    @staticmethod
+    def interval_for(timeout_s: float) -> float:
+        return max(0.2, min(5.0, timeout_s / 4))
+
+    def __init__(self, info: DistInfo, timeout_s: float, on_lost: Callable[[int, str], None]):
+        self.info, self.timeout_s, self.on_lost = info, timeout_s, on_lost
+        self.interval = self.interval_for(timeout_s)
+        self.store = dist.TCPStore(info.master_addr, info.master_port, is_master=False,
+                                   timeout=timedelta(seconds=max(timeout_s, 10)))
+        self.store.set(f"{self.PREFIX}host/{info.rank}", info.hostname or socket.gethostname())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bnnidr-watchdog", daemon=True)
+        self._thread.start()
+
+    def post_error(self, message: str) -> None:
+        """Tell the other ranks why this one is about to end."""
+        try:
+            self.store.set(f"{self.PREFIX}error/{self.info.rank}", message)
+        except Exception:  # noqa: BLE001 - the store may be gone with rank 0; nothing to tell then
+            pass
+
+    def stop(self) -> None:
+        """This rank ends normally: the others stop watching it."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.store.set(f"{self.PREFIX}done/{self.info.rank}", "1")
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _key(self, kind: str, rank: int) -> str:
+        return f"{self.PREFIX}{kind}/{rank}"
+
+    def _host(self, rank: int) -> str:
+        key = self._key("host", rank)
+        return self.store.get(key).decode() if self.store.check([key]) else "an unknown host"
+
+    def _run(self) -> None:
+        others = [r for r in range(self.info.world_size) if r != self.info.rank]
+        seen = {r: (-1, time.monotonic()) for r in others}
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.add(self._key("beat", self.info.rank), 1)
+                for r in others:
+                    if self.store.check([self._key("done", r)]):
+                        continue
+                    if self.store.check([self._key("error", r)]):
+                        error = self.store.get(self._key("error", r)).decode()
+                        return self.on_lost(r, f"rank {r} on {self._host(r)} failed: {error}")
+                    beats = self.store.add(self._key("beat", r), 0)
+                    if beats != seen[r][0]:
+                        seen[r] = (beats, time.monotonic())
+                    elif time.monotonic() - seen[r][1] > self.timeout_s:
+                        return self.on_lost(r, f"rank {r} on {self._host(r)} has not answered for "
+                                               f"{self.timeout_s:.0f} s (killed, stopped or hung; run.rank_timeout_s)")
+            except Exception:  # noqa: BLE001 - any store failure: the rank serving it is gone
+                if self._stop.is_set():
+                    return None
+                return self.on_lost(0, f"rank 0 (which serves the rendezvous at {self.info.master_addr}:"
+                                       f"{self.info.master_port}) is gone")
+        return None
 
 
 def shutdown(together: bool = True) -> None:

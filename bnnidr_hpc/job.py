@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+import torch.multiprocessing as mp
+
 from . import distributed, records
 from .config import Config, ConfigError, to_dict
 from .distributed import DistInfo
@@ -32,9 +34,13 @@ class StopFlag:
     """Set by a stop signal; training polls it between steps (a Python attribute, no sync)."""
 
     def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+        from . import job_start
+
         self.signum: Optional[int] = None
         for sig in signals:
             signal.signal(sig, self._handle)
+        if job_start.PENDING in signals:  # it came while the job was still starting
+            self._handle(job_start.PENDING, None)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
@@ -48,9 +54,20 @@ class StopFlag:
 
 # ----------------------------------------------------------------------------- local ranks
 
+class RunFailed(Exception):
+    """A run that ended with an error; str() is the one line (also in its record)."""
+
+
 def check_local(c: Config) -> None:
+    """What `run` can do on this machine, checked before anything is created."""
     if c.num_nodes != 1:
         raise ConfigError(f"num_nodes={c.num_nodes} is not allowed for run: one machine; use submit --nodes")
+    if c.run.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("config: run.device='cuda' is not allowed here: this machine has no CUDA device "
+                              "(use auto or cpu, or submit to GPU nodes)")
 
 
 def run_local(c: Config, run_dir: Path) -> dict:
@@ -60,15 +77,53 @@ def run_local(c: Config, run_dir: Path) -> dict:
     launched = distributed.describe()
     if launched.source == "torch":  # started by torchrun (or another launcher setting RANK/WORLD_SIZE)
         return train(c, run_dir, launched, StopFlag((signal.SIGTERM, signal.SIGINT)))
+    records.check_free(run_dir)
     if c.world_size == 1:
         return train(c, run_dir, distributed.describe({}), StopFlag((signal.SIGTERM, signal.SIGINT)))
-    import torch.multiprocessing as mp
-
     if not c.run.threads:  # share the cores instead of oversubscribing them
         c = replace(c, run=replace(c.run, threads=max(1, (os.cpu_count() or 1) // c.world_size)))
     port = distributed.free_port()
-    mp.start_processes(_local_rank, args=(c, str(run_dir), port), nprocs=c.world_size, start_method="spawn")
+    ranks = mp.start_processes(_local_rank, args=(c, str(run_dir), port), nprocs=c.world_size,
+                               start_method="spawn", join=False)
+    # Ctrl-C reaches every rank from the terminal; a SIGTERM sent to this process alone is passed
+    # on. Either way the ranks stop together and checkpoint; this process only waits.
+    forward = lambda signum, frame: [os.kill(pid, signum) for pid in ranks.pids() if _alive(pid)]
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not ranks.join():
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        line = _failure_line(exc, run_dir)
+        try:
+            records.mark_failed(run_dir, line, c, to_dict(c))
+        except OSError:
+            pass
+        raise RunFailed(line) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return records.read_record(run_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _failure_line(exc, run_dir: Path) -> str:
+    """The first failing rank's error: its exception's last line, else what its record says (a
+    rank that found another lost wrote it there), else how the process ended."""
+    rank = getattr(exc, "error_index", "?")
+    lines = [line for line in str(getattr(exc, "msg", exc)).splitlines() if line.strip()]
+    if isinstance(exc, mp.ProcessRaisedException) and lines:
+        return f"rank {rank}: {lines[-1].strip()}"
+    record = records.read_record(run_dir) or {}
+    if record.get("status") == records.FAILED and record.get("error"):
+        return record["error"]
+    return f"rank {rank}: {lines[0] if lines else exc}"
 
 
 def _local_rank(rank: int, c: Config, run_dir: str, port: int) -> None:
@@ -96,18 +151,22 @@ class SlurmJob:
         info = distributed.describe()
         stop = StopFlag()
         run_dir = Path(self.run_dir)
-        try:
-            record = train(self.config, run_dir, info, stop)
-        except Exception as exc:
-            if info.is_main:
-                records.mark_failed(run_dir, f"{type(exc).__name__}: {exc}", self.config, to_dict(self.config))
-            raise
+        record = train(self.config, run_dir, info, stop)  # a failure is in the record, then raised
+        if record["status"] == records.DIVERGED:
+            raise RuntimeError(f"diverged: {record['error']}")  # the job fails; the record says why
         if record["status"] == records.INTERRUPTED:
             if info.is_main:
                 self._requeue_or_fail(info, record)
             _wait_to_be_requeued(run_dir)
         return {k: record.get(k) for k in ("status", "run_dir", "final_loss", "ap_out", "ap_retention",
                                            "total_seconds", "world_size", "slurm_job_id")}
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's own handler calls this for a signal that comes after it took over and
+        before StopFlag did: nothing is trained yet, so the same job simply starts again."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
 
     def _requeue_or_fail(self, info: DistInfo, record: dict) -> None:
         from .status import job_state

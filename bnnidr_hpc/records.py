@@ -10,19 +10,25 @@ Layout of a run directory (decided once, by config.run_dir_for):
   checkpoint.pt   model, optimizers, RNG states and the TrainState; the last good one survives a kill
   tb/             TensorBoard events
   job.json        submit.py: job id, executor, log paths, resources (submitted runs only)
+  .lock           held by the one process that writes the run (host and pid inside)
   slurm/          submitit's scripts and logs (submitted runs only)
 Every file is written to a temp file in the same folder and renamed over the old one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
@@ -37,29 +43,72 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
 JOB = "job.json"
+LOCK = ".lock"
 
 # Statuses a record can hold.
-RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+RUNNING, COMPLETED, FAILED, INTERRUPTED, DIVERGED = "running", "completed", "failed", "interrupted", "diverged"
+
+
+
+class RunFileError(OSError):
+    """A run file that could not be written (full disk, permissions); str() is one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; collaborators on a shared file system read what the umask allows.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over it."""
+    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over it:
+    the old file stays whole until the new one is. A failed write (ENOSPC...) is one line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise RunFileError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, RunFileError):
+            name = errno.errorcode.get(exc.errno, "error") if exc.errno else "error"
+            raise RunFileError(exc.errno, f"cannot write {path}: {exc.strerror or exc} ({name}); "
+                               "the file it would replace is kept") from None
         raise
 
 
+def finite(value: Any) -> Any:
+    """value with every non-finite float (NaN, inf) as None: records are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(data: Any, indent: Optional[int] = None) -> str:
+    return json.dumps(finite(data), indent=indent, allow_nan=False, default=str)
+
+
 def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: json.dump(data, f, indent=1, sort_keys=False, default=str))
+    atomic_write(path, lambda f: f.write(to_json(data, indent=1)))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -98,6 +147,54 @@ def is_complete(record: dict) -> bool:
     return record.get("status") == COMPLETED and record.get("epochs_done") == record.get("max_epochs")
 
 
+class RunDirBusy(Exception):
+    """The run directory is held by another process; str() is one line."""
+
+
+def _busy(run_dir: Path, fd: int) -> RunDirBusy:
+    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    return RunDirBusy(f"{run_dir} is in use by {holder} (one run directory, one writer); "
+                      "wait for that run, or stop it and run again to resume")
+
+
+def check_free(run_dir: Path) -> None:
+    """Raise RunDirBusy when another process holds run_dir; creates nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody ever held it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise _busy(run_dir, fd) from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def hold(run_dir: Path):
+    """One writer per run directory: an exclusive lock on run_dir/.lock, naming its holder. The
+    lock is the kernel's (flock), so a holder that died, even by kill -9, has released it."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise RunFileError(exc.errno, f"cannot write {run_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        error = _busy(run_dir, fd)
+        os.close(fd)
+        raise error from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
 def set_aside(run_dir: Path) -> None:
     """Move a run directory out of the way (--force) rather than delete its results."""
     if Path(run_dir).exists():
@@ -105,9 +202,17 @@ def set_aside(run_dir: Path) -> None:
 
 
 def append_line(path: Path, data: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(data, default=str) + "\n")
-        f.flush()
+    try:
+        with open(path, "a") as f:
+            f.write(to_json(data) + "\n")
+            f.flush()
+    except OSError as exc:
+        raise RunFileError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+
+
+def write_lines(path: Path, rows: List[dict]) -> None:
+    """A JSON-lines file made whole again (metrics.jsonl from the checkpoint's history)."""
+    atomic_write(path, lambda f: f.write("".join(to_json(row) + "\n" for row in rows)))
 
 
 def versions() -> dict:

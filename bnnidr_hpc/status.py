@@ -3,8 +3,8 @@
 Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), submit.py (is a point already queued?),
 job.py (was the job cancelled?).
 
-A run's state is one of: submitted, pending, running, completed, failed, cancelled, interrupted,
-unknown. The record decides where it is final (completed, failed); Slurm's job state decides the
+A run's state is one of: submitted, pending, running, completed, diverged, failed, cancelled,
+interrupted, unknown. The record decides where it is final (completed, diverged, failed); Slurm's job state decides the
 rest (scontrol while the controller remembers the job, else sacct where accounting exists).
 """
 
@@ -22,7 +22,7 @@ from .records import fmt
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 # The run states `status --follow` waits for.
-ENDED = {"completed", "failed", "cancelled"}
+ENDED = {"completed", "diverged", "failed", "cancelled"}
 
 
 def job_state(job_id: Optional[str]) -> Dict[str, str]:
@@ -84,6 +84,8 @@ def _state(rec: dict, job: dict, slurm: dict) -> tuple:
     slurm_state, status = slurm.get("JobState", ""), rec.get("status")
     if status == records.COMPLETED:
         return "completed", ""
+    if status == records.DIVERGED:
+        return "diverged", rec.get("error") or ""
     if slurm_state == "PENDING":
         return "pending", slurm.get("Reason", "")
     if slurm_state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"):

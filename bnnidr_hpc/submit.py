@@ -22,8 +22,12 @@ from . import records
 from .config import Config, ConfigError, run_dir_for, to_yaml
 from .loading import compose, load
 
+# The interpreter every task starts: job_start catches a warning signal that comes before the
+# job's own handlers (job.StopFlag) are in place.
+JOB_PYTHON = f"{sys.executable} -m bnnidr_hpc.job_start"
+
 # What submit does with a point (Point.action).
-SUBMIT, RESUME, DONE, QUEUED = "submit", "resume", "completed", "queued"
+SUBMIT, RESUME, DONE, QUEUED, DIVERGED = "submit", "resume", "completed", "queued", "diverged"
 
 
 @dataclass
@@ -114,6 +118,8 @@ def classify(p: Plan, force: bool) -> None:
             point.action = SUBMIT
         elif record and record.get("status") == records.COMPLETED:
             point.action, point.detail = DONE, f"AP {records.fmt(record.get('ap_out'), '.3f')}"
+        elif record and record.get("status") == records.DIVERGED:
+            point.action, point.detail = DIVERGED, record.get("error") or ""
         elif slurm_state and slurm_state not in TERMINAL:
             point.action = QUEUED
             point.detail = f"{slurm_state.lower()} as job {records.read_job(point.run_dir)['job_id']}"
@@ -195,7 +201,10 @@ def _executor_parameters(c: Config, local: bool) -> dict:
 def _executor(folder: Path, c: Config, local: bool):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local" if local else "slurm")
+    if local:
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local")
+    else:
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_python=JOB_PYTHON)
     executor.update_parameters(**_executor_parameters(c, local))
     return executor
 
@@ -213,5 +222,5 @@ def sbatch_script(c: Config, folder: Path, array_size: Optional[int] = None) -> 
         params["mem"] = f"{int(params.pop('mem_gb'))}GB"
     if not params["gpus_per_node"]:
         params.pop("gpus_per_node")
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    command = f"{JOB_PYTHON} -u -m submitit.core._submit {folder}"
     return _make_sbatch_string(command=command, folder=str(folder / "%j"), map_count=array_size, **params)

@@ -9,6 +9,9 @@ checkpoint's TrainState), one `_epoch` after another, then `_finish`. Only rank 
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -32,28 +35,77 @@ from .step import make_step
 STOP_CHECK_EVERY = 16
 
 
+class Diverged(Exception):
+    """The loss became non-finite or blew up; str() is the reason, one line."""
+
+    def __init__(self, reason: str, epoch: int, step: int):
+        super().__init__(reason)
+        self.epoch, self.step = epoch, step
+
+
 def train(c: Config, run_dir: Path, info: Optional[DistInfo] = None,
           stop_requested: Callable[[], bool] = lambda: False) -> dict:
-    """Train (or resume) the run in run_dir; returns its record (status completed or interrupted)."""
+    """Train (or resume) the run in run_dir; returns its record (status completed, interrupted or
+    diverged). An exception is written to the record as failed, with its line, and raised again."""
     info = info or DistInfo()
     if info.world_size != c.world_size:
         raise ConfigError(f"world size: this process is rank {info.rank} of {info.world_size} ({info.source}), "
                           f"but num_nodes x num_gpu = {c.world_size}; launch as many ranks as the config says")
+    run_dir = Path(run_dir)
+    with records.hold(run_dir) if info.is_main else contextlib.nullcontext():
+        return _train_holding(c, run_dir, info, stop_requested)
+
+
+def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> dict:
     session_started = time.time()
-    device = distributed.pick_device(info, c.run.device)
-    # One thread per core the rank owns: more would oversubscribe the cores and spin-wait.
-    threads = c.run.threads or info.cpus_per_task
-    if threads:
-        torch.set_num_threads(threads)
-    distributed.init(info, device)
+
+    def on_lost(rank: int, message: str) -> None:  # from the watchdog's thread: end this process now
+        print(f"bnnidr-hpc: {message}; ending the run", file=sys.stderr, flush=True)
+        if info.rank == 0 or (rank == 0 and info.rank == 1):  # one survivor writes the record
+            _record_failure(c, run_dir, message)
+        os._exit(EXIT_LOST_RANK)
+
+    watchdog = None
     try:
-        session, state = _setup(c, Path(run_dir), info, device, session_started)
+        device = distributed.pick_device(info, c.run.device)
+        # One thread per core the rank owns: more would oversubscribe the cores and spin-wait.
+        threads = c.run.threads or info.cpus_per_task
+        if threads:
+            torch.set_num_threads(threads)
+        watchdog = distributed.init(info, device, c.run.rank_timeout_s, on_lost)
+        session, state = _setup(c, run_dir, info, device, session_started)
         record = _train_epochs(session, state, stop_requested)
-    except BaseException:
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit, ConfigError)):  # bad input is not the run's end
+            line = one_line(exc)
+            if watchdog is not None:
+                watchdog.post_error(line)
+            if info.is_main:
+                _record_failure(c, run_dir, line)
         distributed.shutdown(together=False)
         raise
+    if watchdog is not None:
+        watchdog.stop()
     distributed.shutdown()
     return record
+
+
+# A rank that found another one lost ends with this status (os._exit: the others may hold locks).
+EXIT_LOST_RANK = 4
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _record_failure(c: Config, run_dir: Path, line: str) -> None:
+    """The record says failed and why; where even that cannot be written (a full disk), the
+    error itself still reaches the terminal."""
+    try:
+        records.mark_failed(run_dir, line, c, to_dict(c))
+    except (OSError, records.RunFileError):
+        pass
 
 
 @dataclass
@@ -110,6 +162,8 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink()
         records.write_text(run_dir / records.CONFIG, to_yaml(c))
+        if state.history:  # a kill between the checkpoint and its metrics line: the checkpoint is right
+            records.write_lines(run_dir / records.METRICS, state.history)
         writer = tensorboard_log.open_writer(run_dir)
         if c.run.graph and state.restarts == 0:
             tensorboard_log.log_graph(writer, model, c.input_dim)
@@ -124,18 +178,38 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
 
 def _train_epochs(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
     for epoch in range(state.epoch, s.c.max_epochs):
-        entry = _epoch(s, state, epoch, stop_requested)
+        try:
+            entry = _epoch(s, state, epoch, stop_requested)
+            _check_divergence(s.c, state, entry)
+        except Diverged as why:
+            kept = f"the checkpoint of epoch {state.epoch} is kept" if state.epoch else "no epoch had completed"
+            s.record.update(error=f"{why}; {kept}", diverged_at={"epoch": why.epoch, "step": why.step})
+            return _finish(s, state, records.DIVERGED)
         if entry is None:
-            return _finish(s, state, interrupted=True)
+            return _finish(s, state, records.INTERRUPTED)
         state.epoch, state.step, state.stress_sum, state.kl_sum = epoch + 1, 0, 0.0, 0.0
         state.history.append(entry)
         s.update_record(state, records.RUNNING)
         if s.info.is_main:
-            checkpoint.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device)
+            checkpoint.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device,
+                            s.process_started)
             records.append_line(s.run_dir / records.METRICS, entry)
             tensorboard_log.log_epoch(s.writer, entry)
         _show_progress(s, entry)
-    return _finish(s, state, interrupted=False)
+    return _finish(s, state, records.COMPLETED)
+
+
+def _check_divergence(c: Config, state: TrainState, entry: Optional[dict]) -> None:
+    """A whole epoch's loss that blew up past run.diverge_factor x the first epoch's."""
+    if entry is None:
+        return
+    steps = entry["epoch"], None
+    if not math.isfinite(entry["loss"]):
+        raise Diverged(f"non-finite loss ({entry['loss']}) in epoch {entry['epoch']}", *steps)
+    first = state.history[0]["loss"] if state.history else None
+    if c.run.diverge_factor and first and entry["loss"] > c.run.diverge_factor * first:
+        raise Diverged(f"loss {entry['loss']:.4g} in epoch {entry['epoch']} is over run.diverge_factor="
+                       f"{c.run.diverge_factor:g} x the first epoch's {first:.4g}", *steps)
 
 
 def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Optional[dict]:
@@ -154,12 +228,14 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
         sums += torch.stack(s.train_step(*batch))
         if s.first_step_at is None:
             _first_step(s)
-        if _should_stop(stop_requested, step, world, s.device):
+        stop, non_finite = _poll(stop_requested, sums, step, world)
+        if non_finite:
+            raise Diverged(f"non-finite loss in epoch {epoch + 1} by step {step + 1} of {steps}", epoch + 1, step + 1)
+        if stop:
             partial = distributed.all_reduce_sum(_rank_sums(sums, world))
             state.stress_sum += partial[0].item()
             state.kl_sum += partial[1].item()
-            state.step, state.interrupted_at = step + 1, time.time()
-            state.elapsed_at_interruption = state.seconds_before + time.time() - s.process_started
+            state.step = step + 1
             return None
     # The epoch's only host synchronisations: the loss sums and the evaluation.
     totals = distributed.all_reduce_sum(_rank_sums(sums, world))
@@ -202,16 +278,18 @@ def _first_step(s: _Session) -> None:
     s.record.setdefault("first_step_at", s.first_step_at)
 
 
-def _finish(s: _Session, state: TrainState, interrupted: bool) -> dict:
+def _finish(s: _Session, state: TrainState, status: str) -> dict:
+    """The record's last word. A diverged run keeps the last finite checkpoint as it is."""
     if s.progress is not None:
         s.progress.close()
-    if not interrupted and s.info.is_main:
+    if status == records.COMPLETED and s.info.is_main:
         s.record["intrinsic_dim"].update(s.evaluator.gallery_dimensions(s.model))
-    s.update_record(state, records.INTERRUPTED if interrupted else records.COMPLETED)
+    if status == records.INTERRUPTED and s.info.is_main:
+        checkpoint.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device,
+                        s.process_started)
+    s.update_record(state, status)
     if s.info.is_main:
-        if interrupted:
-            checkpoint.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device)
-        else:
+        if status == records.COMPLETED:
             tensorboard_log.log_hparams(s.writer, s.record["config"], s.record)
         s.writer.close()
     return s.record
@@ -227,13 +305,16 @@ def _choose_output_dim(c: Config, data: Hypersphere):
     return replace(c, output_dim=chosen), info
 
 
-def _should_stop(stop_requested, step: int, world: int, device) -> bool:
-    if world == 1:
-        return stop_requested()
+def _poll(stop_requested, sums: torch.Tensor, step: int, world: int) -> tuple:
+    """(stop requested, loss non-finite), agreed by every rank every STOP_CHECK_EVERY steps: one
+    small all-reduce, or one host sync on a single rank, so that a NaN stops the run within
+    STOP_CHECK_EVERY steps rather than an epoch."""
     if (step + 1) % STOP_CHECK_EVERY:
-        return False
-    flag = torch.tensor([1.0 if stop_requested() else 0.0], device=device)
-    return distributed.all_reduce_sum(flag).item() > 0
+        return (stop_requested() if world == 1 else False), False
+    flags = torch.stack([torch.tensor(float(stop_requested()), device=sums.device),
+                         (~torch.isfinite(sums)).any().float()])
+    stop, non_finite = distributed.all_reduce_sum(flags).tolist()
+    return stop > 0, non_finite > 0
 
 
 def _progress_bar(c: Config, main: bool, start_epoch: int):

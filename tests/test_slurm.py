@@ -197,3 +197,18 @@ def test_a_job_out_of_requeues_fails_at_once_with_the_reason(tmp_path, capsys):
     # every rank ends instead of holding the allocation: the job leaves the queue within seconds
     wait_for(lambda: job_state(job).get("JobState") in ("FAILED", "COMPLETED"), timeout=30)
     assert record(run_dir)["epochs_done"] < 40
+
+
+def test_a_warning_signal_before_training_starts_still_requeues(tmp_path, capsys):
+    out = submit(capsys, *TINY, *SGD, *LONG, "seed=6", f"run.root={tmp_path}")
+    (run_dir,) = run_dirs_of(out)
+    job = read_job(run_dir)["job_id"]
+    # The task has started (srun made its log) and is importing torch and unpickling the job: the
+    # first second of a job, before any handler of the job's own exists.
+    wait_for(lambda: Path(read_job(run_dir)["stderr"]).exists(), timeout=60, interval=0.02)
+    time.sleep(0.3)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert not (run_dir / "record.json").exists()  # training had not started
+    wait_for(lambda: ended(run_dir), timeout=180)
+    rec = record(run_dir)
+    assert rec["status"] == "completed" and rec["restarts"] >= 1, run_status(run_dir)

@@ -128,8 +128,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
 
     first = train(tiny("bayesian=true"), tmp_path / "resumed", stop_requested=stop_after_11_steps)
     assert first["status"] == "interrupted" and first["epochs_done"] == 1
-    before_restart = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["state"]
-    assert (before_restart["epoch"], before_restart["step"]) == (1, 3)  # 11 steps = 1 epoch of 8 and 3
+    before_restart = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert (before_restart["state"]["epoch"], before_restart["state"]["step"]) == (1, 3)  # 11 = 8 + 3 steps
     # a later save killed mid-write leaves only its temp file; the last good checkpoint still counts
     (tmp_path / "resumed" / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")
     resumed = train(tiny("bayesian=true"), tmp_path / "resumed")
@@ -137,10 +137,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
     assert resumed["seconds_lost"] >= 0 and not list((tmp_path / "resumed").glob(".*.tmp"))
     # total_seconds adds each session once: the interrupted one's (kept by the checkpoint), then
     # this one's, from process start to the record's last update
-    assert 0 < before_restart["elapsed_at_interruption"] <= first["total_seconds"]
+    assert 0 < before_restart["elapsed_s"] <= first["total_seconds"]
     this_session = resumed["updated_at"] - records.process_start_time()
-    assert resumed["total_seconds"] == pytest.approx(before_restart["elapsed_at_interruption"] + this_session,
-                                                     rel=1e-9)
+    assert resumed["total_seconds"] == pytest.approx(before_restart["elapsed_s"] + this_session, rel=1e-9)
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
     assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in straight["epochs"]], rel=1e-6)
