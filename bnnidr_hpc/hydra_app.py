@@ -48,9 +48,21 @@ def main(cfg: DictConfig) -> dict:
 
         # train() refuses a job whose task count is not num_nodes x num_gpu (bnnidr_slurm ties them).
         return SlurmJob(c, str(run_dir))()
-    from .job import run_local
+    from . import records
+    from .job import RunFailed, run_local
 
-    return run_local(c, run_dir)
+    try:
+        record = run_local(c, run_dir)
+    except (ConfigError, records.RunDirBusy) as exc:
+        print(f"bnnidr-hpc: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (RunFailed, records.RunFileError) as exc:
+        print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if record["status"] != records.COMPLETED:  # the same lines and exit statuses as `bnnidr-hpc run`
+        print(f"bnnidr-hpc: {record['status']}: {record.get('error') or 'rerun to resume'}", file=sys.stderr)
+        raise SystemExit(1 if record["status"] == records.DIVERGED else 3)
+    return record
 
 
 if __name__ == "__main__":
