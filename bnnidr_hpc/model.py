@@ -5,6 +5,7 @@ patterns before a run). The model knows nothing of the run's config: it takes a 
 
 Hidden layer i (1..nlayers):  h_i = act_i(BN(W_i h_{i-1} + v_i + skip_i)),  h_0 = the input.
 Output layer (nlayers + 1):   y = W_o h_nlayers + v_o + skip_o.
+nlayers = 0 is the linear reducer y = W_o x + v_o (no hidden layer, no skip, no BatchNorm).
 skip_steps = k >= 2 adds to layer j's pre-activation the output of hidden layer j - k (the lab's
 "a skip value of 2 means layer 1 is fully connected to layer 3, and 2 to 4"): the identity where
 the sizes agree, a learned linear projection where they differ.
@@ -102,6 +103,8 @@ def _linear(spec: ModelSpec, n_in: int, n_out: int, bias: bool = True) -> nn.Mod
 class Reducer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
+        if len(spec.hidden_sizes) != len(spec.activations):  # zip below would drop layers silently
+            raise ValueError(f"{len(spec.hidden_sizes)} hidden sizes but {len(spec.activations)} activations")
         self.spec = spec
         sizes: List[int] = [spec.input_dim, *spec.hidden_sizes]
         self.skip_steps = spec.skip_steps

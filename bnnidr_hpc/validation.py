@@ -4,11 +4,16 @@ Used by: loading.py (every command that loads a config).
 
 A failed check is one line: the key, the bad value and what is allowed (ConfigError, exit status
 2 at the CLI). Checks run on the loaded Config, after the optimizers' defaults are filled in.
+Nothing here creates a file or folder: run.root is checked by looking at what exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
+import os
+from pathlib import Path
 
 from .config import (
     ACTIVATIONS,
@@ -22,20 +27,27 @@ from .config import (
     ScheduleConfig,
 )
 
+# Every integer of the schema is a count, a size or a seed; beyond this it is a typo, and torch's
+# int64 arithmetic (or int() of a Slurm value) would overflow on it.
+MAX_INT = 2**31 - 1
+# TwoNN fits the ratio of the two nearest neighbours' distances; below this many points the
+# estimate (and so output_dim=auto) is noise.
+MIN_ID_SAMPLE = 10
+
 
 def _fail(key: str, value, allowed: str) -> None:
     raise ConfigError(f"config: {key}={value!r} is not allowed: {allowed}")
 
 
 def _positive(key: str, value, kind=int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         _fail(key, value, f"must be a positive {'integer' if kind is int else 'number'}")
     if kind is int and not isinstance(value, int):
         _fail(key, value, "must be a positive integer")
 
 
 def _non_negative(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         _fail(key, value, "must be >= 0")
 
 
@@ -57,10 +69,29 @@ def _activation(key: str, value) -> None:
 
 def validate(c: Config) -> None:
     """Raise ConfigError for the first value that is not allowed."""
+    _check_numbers(c, "")
     _check_data(c)
     _check_model(c)
     _check_optimisation(c)
     _check_evaluation_and_resources(c)
+
+
+def _check_numbers(node, key: str) -> None:
+    """Every number anywhere in the config: floats finite (NaN passes every comparison check),
+    integers within MAX_INT. First, so that the range checks below see real numbers."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_numbers(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _check_numbers(item, f"{key}[{i}]")
+    elif isinstance(node, dict):
+        for k, item in node.items():
+            _check_numbers(item, f"{key}.{k}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        _fail(key, node, "a finite number")
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INT:
+        _fail(key, node, f"at most {MAX_INT} in size")
 
 
 def _check_data(c: Config) -> None:
@@ -79,7 +110,9 @@ def _check_data(c: Config) -> None:
 def _check_model(c: Config) -> None:
     """The lab's output_dim, nlayers, layer_size, act_funcs, skip_steps (batch_norm, bayesian:
     booleans, typed by the schema), and precision."""
-    _positive("nlayers", c.nlayers)
+    # nlayers=0 is the linear reducer (input -> output); layer_size and act_funcs describe no layer.
+    if isinstance(c.nlayers, bool) or not isinstance(c.nlayers, int) or c.nlayers < 0:
+        _fail("nlayers", c.nlayers, "an integer >= 0 (0: a linear reducer, no hidden layer)")
     _per_layer("layer_size", c.layer_size, c.nlayers, _positive)
     _per_layer("act_funcs", c.act_funcs, c.nlayers, _activation)
     if c.output_dim != "auto":
@@ -88,8 +121,13 @@ def _check_model(c: Config) -> None:
         _positive("output_dim", c.output_dim)
         if c.output_dim >= c.input_dim:
             _fail("output_dim", c.output_dim, f"must be smaller than the input dimension data.p={c.input_dim}")
+    if c.skip_steps != 0 and c.nlayers < 2:
+        _fail("skip_steps", c.skip_steps, f"0: with nlayers={c.nlayers} there is no layer to skip")
     if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
         _fail("skip_steps", c.skip_steps, f"0 (none) or 2..nlayers={c.nlayers} (1 is the plain connection)")
+    if c.batch_norm and c.nlayers and c.batch_size == 1:
+        _fail("batch_norm", c.batch_norm, "false with batch_size=1: BatchNorm cannot train on one point per "
+              "device (its batch variance is 0)")
     _positive("bayes.prior_sigma", c.bayes.prior_sigma, float)
     _positive("bayes.init_sigma", c.bayes.init_sigma, float)
     _non_negative("bayes.kl_weight", c.bayes.kl_weight)
@@ -115,16 +153,31 @@ def _check_optimisation(c: Config) -> None:
             _fail(f"{key}.name", opt.name, f"one of {', '.join(OPTIMIZERS)}")
         _positive(f"{key}.lr", opt.lr, float)
         _non_negative(f"{key}.weight_decay", opt.weight_decay)
+        _check_moments(key, opt)
         _check_schedule(f"{key}.schedule", opt.schedule)
     validate_optimizer_patterns(c)
+
+
+def _check_moments(key: str, opt) -> None:
+    """Adam's two decay rates and SGD's momentum: averages of past gradients, so in [0, 1)."""
+    betas = opt.betas
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        _fail(f"{key}.betas", betas, "two numbers, e.g. [0.9, 0.999]")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            _fail(f"{key}.betas[{i}]", beta, "a number in [0, 1)")
+    if isinstance(opt.momentum, bool) or not isinstance(opt.momentum, (int, float)) or not 0 <= opt.momentum < 1:
+        _fail(f"{key}.momentum", opt.momentum, "a number in [0, 1)")
 
 
 def _check_evaluation_and_resources(c: Config) -> None:
     for key in ("queries", "gallery", "every", "mc_samples", "block", "id_sample"):
         _positive(f"eval.{key}", getattr(c.eval, key))
-    if c.run.device not in DEVICES:
-        _fail("run.device", c.run.device, f"one of {', '.join(DEVICES)}")
-    _non_negative("run.threads", c.run.threads)
+    if c.output_dim == "auto" and min(c.eval.id_sample, c.data.n) < MIN_ID_SAMPLE:
+        key, value = ("eval.id_sample", c.eval.id_sample) if c.eval.id_sample < MIN_ID_SAMPLE else ("data.n", c.data.n)
+        _fail(key, value, f"at least {MIN_ID_SAMPLE} points for output_dim=auto (TwoNN estimates the dimension "
+              "from nearest-neighbour distances)")
+    _check_run(c)
     cl = c.cluster
     for key in ("cpus_per_task", "timeout_min", "signal_delay_s"):
         _positive(f"cluster.{key}", getattr(cl, key))
@@ -133,6 +186,46 @@ def _check_evaluation_and_resources(c: Config) -> None:
         _positive("cluster.mem_gb", cl.mem_gb, float)
     for g in c.sweep.gpus:
         _positive("sweep.gpus", g)
+    # OmegaConf lets a mapping through into these; they become lines of the sbatch script.
+    for i, line in enumerate(cl.setup):
+        if not isinstance(line, str):
+            _fail(f"cluster.setup[{i}]", line, "a shell line (a string)")
+    for k, v in cl.sbatch.items():
+        if not isinstance(v, (str, int, float, bool)):
+            _fail(f"cluster.sbatch.{k}", v, "a string, number or true/false (an sbatch option's value)")
+
+
+def _check_run(c: Config) -> None:
+    r = c.run
+    if r.device not in DEVICES:
+        _fail("run.device", r.device, f"one of {', '.join(DEVICES)}")
+    _non_negative("run.threads", r.threads)
+    _check_root(r.root)
+    name = r.name.strip()
+    if name and (os.path.isabs(name) or "/" in name or "\\" in name or ".." in name or "\0" in name):
+        _fail("run.name", r.name, f"a plain name for a folder inside run.root={r.root!r}: no '/', no '..'")
+    # Keys the schema may or may not hold yet: checked when present.
+    timeout = getattr(r, "rank_timeout_s", None)
+    if timeout is not None:
+        _positive("run.rank_timeout_s", timeout, float)
+    factor = getattr(r, "diverge_factor", None)
+    if factor is not None and not (isinstance(factor, (int, float)) and (factor == 0 or factor > 1)):
+        _fail("run.diverge_factor", factor, "0 (stop only on a non-finite loss) or a factor > 1 of the first "
+              "epoch's loss")
+
+
+def _check_root(root) -> None:
+    """run.root will be created (with its parents) when the run starts: the nearest folder of it
+    that exists must be a directory one can write in. Looked at only; nothing is created here."""
+    try:
+        path = Path(root).resolve()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, a name too long
+        existing, ok = None, False
+    if not ok:
+        what = "is not a directory" if existing and not existing.is_dir() else "is not writable"
+        _fail("run.root", root, f"a folder that can be created: {existing or root} {what}")
 
 
 def _check_schedule(key: str, s: ScheduleConfig) -> None:

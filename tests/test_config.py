@@ -6,7 +6,7 @@ import torch
 from conftest import CONF
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import ConfigError, run_dir_for
+from bnnidr_hpc.config import ConfigError, RunConfig, run_dir_for
 from bnnidr_hpc.loading import load
 
 
@@ -87,7 +87,7 @@ def test_run_identity_is_the_difference_from_the_defaults():
 
 BAD = [
     (["data.n=0"], "data.n=0", "positive"),
-    (["nlayers=-1"], "nlayers=-1", "positive"),
+    (["nlayers=-1"], "nlayers=-1", "an integer >= 0"),
     (["nlayers=3", "layer_size=[64,64]"], "layer_size=[64, 64]", "one entry per hidden layer"),
     (["act_funcs=swish"], "act_funcs='swish'", "relu, leaky_relu, gelu"),
     (["act_funcs=[relu,bogus]"], "act_funcs[1]='bogus'", "one of"),
@@ -105,7 +105,53 @@ BAD = [
     (["foo=1"], "unknown key 'foo'", "batch_size"),
     (["data.foo=1"], "unknown key 'data.foo'", "n, p, d"),
     (["max_epochs=abc"], "max_epochs", "could not be converted to Integer"),
+    # the audit of bad inputs: each was a traceback or was accepted silently
+    (["optimizers.0.betas=[0.9]"], "optimizers[0].betas=[0.9]", "two numbers"),
+    (["optimizers.0.betas=[1.5,0.9]"], "optimizers[0].betas[0]=1.5", "[0, 1)"),
+    (["optimizers.0.momentum=-1"], "optimizers[0].momentum=-1.0", "[0, 1)"),
+    (["optimizers.0.momentum=1"], "optimizers[0].momentum=1.0", "[0, 1)"),
+    (["learning_rate=nan"], "learning_rate=nan", "a finite number"),
+    (["optimizers.0.lr=inf"], "optimizers[0].lr=inf", "a finite number"),
+    (["data.cache_gb=nan"], "data.cache_gb=nan", "a finite number"),
+    (["data.noise=nan"], "data.noise=nan", "a finite number"),
+    (["data.spread=inf"], "data.spread=inf", "a finite number"),
+    (["lr_schedule.gamma=inf"], "lr_schedule.gamma=inf", "a finite number"),
+    (["lr_schedule.warmup_epochs=inf"], "lr_schedule.warmup_epochs=inf", "a finite number"),
+    (["bayes.kl_weight=-inf"], "bayes.kl_weight=-inf", "a finite number"),
+    (["cluster.mem_gb=nan"], "cluster.mem_gb=nan", "a finite number"),
+    (["weight_decay=nan"], "weight_decay=nan", "a finite number"),
+    (["seed=${nope}"], "seed='${nope}'", "an interpolation that resolves"),
+    (["seed=${oc.env:BNNIDR_TEST_UNSET_VARIABLE}"], "seed='${oc.env:BNNIDR_TEST_UNSET_VARIABLE}'",
+     "Environment variable 'BNNIDR_TEST_UNSET_VARIABLE' not found"),
+    (["run.name=\\${x}"], "run.name='${x}'", "no '${' in a value"),
+    (["data.n=1000000000000000000000000000000"], "data.n=1000000000000000000000000000000", "at most 2147483647"),
+    (["seed=-99999999999999999999"], "seed=-99999999999999999999", "at most 2147483647"),
+    (["run.root=/dev/null/x"], "run.root='/dev/null/x'", "/dev/null is not a directory"),
+    (["+batchsize=10"], "unknown key 'batchsize'", "batch_size"),
+    (["+foo=1"], "unknown key 'foo'", "batch_size"),
+    (["++data.foo=1"], "unknown key 'data.foo'", "n, p, d"),
+    (["+optimizers.0.foo=1"], "unknown key 'optimizers.0.foo'", "name, params, lr"),
+    (["batch_norm=2"], "batch_norm=2", "true or false"),
+    (["optimizers.0.nesterov=0"], "optimizers.0.nesterov=0", "true or false"),
+    (["run.progress=yes"], "run.progress='yes'", "true or false"),
+    (["batch_size=1", "batch_norm=true"], "batch_norm=True", "BatchNorm cannot train on one point per device"),
+    (["output_dim=auto", "eval.id_sample=2"], "eval.id_sample=2", "at least 10 points for output_dim=auto"),
+    (["nlayers=0", "skip_steps=2"], "skip_steps=2", "no layer to skip"),
+    (["nlayers=0", "layer_size=[8]"], "layer_size=[8]", "one entry per hidden layer (nlayers=0)"),
+    (["run.name=/abs"], "run.name='/abs'", "a plain name"),
+    (["run.name=a/b"], "run.name='a/b'", "no '/', no '..'"),
+    (["run.name=.."], "run.name='..'", "a plain name"),
+    (["cluster.setup=[{a:1}]"], "cluster.setup[0]=", "a shell line"),
 ]
+# Keys the schema gains with the rank watchdog and the divergence stop; checked once they are there.
+if hasattr(RunConfig(), "diverge_factor"):
+    BAD += [
+        (["run.rank_timeout_s=0"], "run.rank_timeout_s=0.0", "positive"),
+        (["run.rank_timeout_s=inf"], "run.rank_timeout_s=inf", "a finite number"),
+        (["run.diverge_factor=1"], "run.diverge_factor=1.0", "0 (stop only on a non-finite loss) or a factor > 1"),
+        (["run.diverge_factor=-2"], "run.diverge_factor=-2.0", "a factor > 1"),
+        (["run.diverge_factor=nan"], "run.diverge_factor=nan", "a finite number"),
+    ]
 
 
 @pytest.mark.parametrize("overrides,names,allowed", BAD, ids=[" ".join(b[0]) for b in BAD])
@@ -151,3 +197,83 @@ def test_submit_without_slurm_says_so_in_one_line(tmp_path, capsys, monkeypatch)
 def test_every_cluster_profile_composes(path):
     c = load(str(CONF / "hps_00040.yaml"), [f"cluster={path.stem}"])
     assert c.cluster.name == path.stem
+
+
+@pytest.mark.parametrize("name", ["hps.yml", "hps", ".yml", "hps.txt"])
+def test_a_config_file_of_any_name_composes_and_leaves_nothing_behind(name, tmp_path):
+    path = tmp_path / name
+    path.write_text((CONF / "hps_00040.yaml").read_text())
+    c = load(str(path), [f"run.root={tmp_path / 'runs'}"])
+    reference = load(str(CONF / "hps_00040.yaml"), [f"run.root={tmp_path / 'runs'}"])
+    assert c.run.name == path.stem and c.batch_size == reference.batch_size == 50
+    assert run_dir_for(c).name.split("-")[-1] == run_dir_for(reference).name.split("-")[-1]  # the same hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_config_not_named_yaml_still_finds_its_base_and_cluster_profiles(tmp_path):
+    (tmp_path / "base.yaml").write_text("defaults: [bnnidr_schema, _self_]\nbatch_size: 40\n")
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "mine.yaml").write_text("name: mine\ntimeout_min: 7\n")
+    (tmp_path / "child").write_text("defaults: [base, _self_]\nseed: 3\n")
+    c = load(str(tmp_path / "child"), ["cluster=mine"])
+    assert (c.batch_size, c.seed, c.cluster.name, c.cluster.timeout_min) == (40, 3, "mine", 7)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"defaults: [bnnidr_schema, _self_]\nrun:\n  name: caf\xe9\n", "is not UTF-8 text (byte 0xe9"),
+    (bytes(range(256)), "is not UTF-8 text"),
+    (b"defaults: [bnnidr_schema, _self_]\nsweep:\n  grid:\n    x: " + b"[" * 5000 + b"]" * 5000, "nests deeper"),
+    (b"defaults: [bnnidr_schema, _self_]\ncluster:\n  sbatch:\n" + b"".join(
+        b"  " * (i + 2) + b"a:\n" for i in range(40)) + b"  " * 42 + b"b: 1\n", "nests deeper than 16"),
+    (b"defaults: 3\n", "defaults=3 is not allowed"),
+    (b"defaults: [bnnidr_schema, _self_]\nbatch_norm: 2\n", "batch_norm=2 is not allowed: true or false"),
+    (b"defaults: [bnnidr_schema, _self_]\nseed: ${oc.env:BNNIDR_TEST_UNSET_VARIABLE}\n", "interpolation"),
+    (b"defaults: [bnnidr_schema, _self_]\ndata: 3\n", "not a subclass of DataConfig"),
+])
+def test_bad_yaml_files_are_one_line(content, expected, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert cli.main(["run", str(path), f"run.root={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bnnidr-hpc: ") and expected in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interpolations_are_resolved_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNNIDR_TEST_ROOT", str(tmp_path))
+    c = load(None, ["run.root=${oc.env:BNNIDR_TEST_ROOT}/runs", "eval.gallery=${data.categories}"])
+    assert c.run.root == f"{tmp_path}/runs" and c.eval.gallery == 10
+    path = tmp_path / "interp.yaml"
+    path.write_text("defaults: [bnnidr_schema, _self_]\nseed: ${data.d}\n")
+    assert load(str(path), []).seed == 5
+
+
+def test_run_root_below_a_file_and_blank_run_name(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match="afile is not a directory"):
+        load(None, [f"run.root={tmp_path / 'afile' / 'runs'}"])
+    assert load(None, [f"run.root={tmp_path / 'new' / 'deeper'}"]).run.root.endswith("deeper")  # made by the run
+    assert not (tmp_path / "new").exists()
+    blank = load(None, ["run.name='  '"])
+    assert blank.run.name == "" and run_dir_for(blank).name.startswith("default-")
+
+
+@pytest.mark.parametrize("bayesian", [False, True])
+def test_nlayers_0_is_a_linear_reducer(bayesian):
+    from bnnidr_hpc.model import Reducer, parameter_names
+
+    c = load(None, ["nlayers=0", "data.p=16", "output_dim=3", "batch_norm=true", f"bayesian={bayesian}"])
+    assert c.hidden_sizes() == [] and c.activations() == []
+    assert load(None, ["nlayers=0", "layer_size=[]", "act_funcs=[]"]).hidden_sizes() == []
+    torch.manual_seed(0)
+    model = Reducer(c.model_spec()).eval()
+    assert len(model.hidden) == 0 and len(model.skips) == 0
+    assert all(name.startswith("output.") for name in parameter_names(c.model_spec()))
+    x = torch.randn(4, 16)
+    weight = model.output.weight_mu if bayesian else model.output.weight
+    bias = model.output.bias_mu if bayesian else model.output.bias
+    assert torch.allclose(model(x), x @ weight.T + bias)  # y = W x + v, nothing else
+    model.train()
+    loss = model(x).square().mean() + model.kl()
+    loss.backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
