@@ -105,13 +105,10 @@ def _check_cluster_profiles(conf_dir: str, overrides: List[str]) -> None:
 
 def _builtin_conf_dir() -> str:
     """Where the built-in default looks for groups (cluster/): the checkout's conf/ when there is
-    one; else an empty folder, since the default config itself is the schema in the ConfigStore."""
+    one; else the package's own folder (no YAML, no cluster/ there), since the default config
+    itself is the schema in the ConfigStore, and nothing may be created before validation."""
     checkout = Path(__file__).resolve().parents[1] / "conf"
-    if checkout.is_dir():
-        return str(checkout)
-    path = Path(__file__).parent / "_conf"
-    path.mkdir(exist_ok=True)
-    return str(path)
+    return str(checkout if checkout.is_dir() else Path(__file__).resolve().parent)
 
 
 def _check_yaml(path: Path) -> None:
