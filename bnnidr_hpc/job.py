@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from . import distributed, records
 from .config import Config, ConfigError, to_dict
 from .distributed import DistInfo
-from .train import train
+from .train import record_failure, train
 
 
 class StopFlag:
@@ -94,10 +94,7 @@ def run_local(c: Config, run_dir: Path) -> dict:
             pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         line = _failure_line(exc, run_dir)
-        try:
-            records.mark_failed(run_dir, line, c, to_dict(c))
-        except OSError:
-            pass
+        record_failure(c, run_dir, line)
         raise RunFailed(line) from None
     finally:
         for sig, handler in previous.items():

@@ -62,7 +62,7 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
     def on_lost(rank: int, message: str) -> None:  # from the watchdog's thread: end this process now
         print(f"bnnidr-hpc: {message}; ending the run", file=sys.stderr, flush=True)
         if info.rank == 0 or (rank == 0 and info.rank == 1):  # one survivor writes the record
-            _record_failure(c, run_dir, message)
+            record_failure(c, run_dir, message)
         os._exit(EXIT_LOST_RANK)
 
     watchdog = None
@@ -81,7 +81,7 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
             if watchdog is not None:
                 watchdog.post_error(line)
             if info.is_main:
-                _record_failure(c, run_dir, line)
+                record_failure(c, run_dir, line)
         distributed.shutdown(together=False)
         raise
     if watchdog is not None:
@@ -99,12 +99,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _record_failure(c: Config, run_dir: Path, line: str) -> None:
+def record_failure(c: Config, run_dir: Path, line: str) -> None:
     """The record says failed and why; where even that cannot be written (a full disk), the
     error itself still reaches the terminal."""
     try:
         records.mark_failed(run_dir, line, c, to_dict(c))
-    except (OSError, records.RunFileError):
+    except OSError:  # RunFileError included
         pass
 
 
