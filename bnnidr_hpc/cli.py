@@ -5,6 +5,7 @@
   bnnidr-hpc status DIR [--follow]                               jobs of a run or sweep directory
   bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
   bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
+  bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
 
 Bad input is one line on stderr and exit status 2, before anything is created. This module parses
 arguments and prints; the work is done by job.py, submit.py, status.py, intrinsic.py and collect.py.
@@ -184,14 +185,29 @@ def cmd_estimate_id(ns) -> int:
     if ns.sample < 3:
         raise UsageError(f"--sample={ns.sample} is not allowed: at least 3 points")
     result = intrinsic.estimate_config(c, ns.sample)
+    what = (f"p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}" if c.data.source == "sphere" else
+            f"p={c.data.p}, rows spread over {c.data.path}, normalize={c.data.normalize}")
     print(f"TwoNN intrinsic dimension of {result['n']} points of {c.run.name or 'the default data'} "
-          f"(p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}) on {result['device']}, "
-          f"{result['seconds']:.1f} s")
+          f"({what}) on {result['device']}, {result['seconds']:.1f} s")
     for name, e in result["estimates"].items():
         print(f"  {name:<6} {e['dimension']:7.2f} +- {e['error']:.2f}")
-    print(f"  true d {c.data.d:7d}   (output_dim=auto would choose {result['output_dim_auto']})")
+    true_d = f"  true d {result['true_d']:7d}   " if result["true_d"] is not None else "  "
+    print(f"{true_d}(output_dim=auto would choose {result['output_dim_auto']})")
     if ns.json:
         print(json.dumps({k: result[k] for k in ("n", "p", "true_d", "seconds", "estimates")}))
+    return 0
+
+
+def cmd_reduce(ns) -> int:
+    from . import reduce
+
+    if len(ns.paths) < 3:
+        raise UsageError("reduce: give RUN_DIR INPUT... OUTPUT (.npy inputs or globs, then the output .npy)")
+    result = reduce.run(ns.paths[0], ns.paths[1:-1], ns.paths[-1], ns.mc_samples, ns.device,
+                        ns.allow_incomplete, ns.block)
+    spread = f", spread per vector in {result['spread']}" if result["spread"] else ""
+    print(f"reduced {result['rows']} rows into {result['output']}{spread} "
+          f"({result['rows'] / max(result['seconds'], 1e-9):.0f} rows/s)")
     return 0
 
 
@@ -228,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--sample", type=int, default=10000, help="points to estimate on (default 10000)")
     est.add_argument("--json", action="store_true", help="also print the estimates as one JSON line")
     est.set_defaults(func=cmd_estimate_id)
+    red = sub.add_parser("reduce", help="apply a completed run's reducer to .npy files: RUN_DIR INPUT... OUTPUT")
+    red.add_argument("paths", nargs="*", metavar="RUN_DIR INPUT... OUTPUT")
+    red.add_argument("--mc-samples", type=int, default=1,
+                     help="Bayesian run: average K posterior draws and save their spread (default 1: posterior mean)")
+    red.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    red.add_argument("--allow-incomplete", action="store_true", help="use the last checkpoint of an unfinished run")
+    red.add_argument("--block", type=int, default=None, help=argparse.SUPPRESS)
+    red.set_defaults(func=cmd_reduce)
     col = sub.add_parser("collect", help="scaling tables from the records under DIR... (tools/collect.py)",
                          add_help=False)
     col.add_argument("rest", nargs=argparse.REMAINDER)

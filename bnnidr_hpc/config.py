@@ -26,6 +26,9 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid", "
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")
 EMBEDDINGS = ("linear", "nonlinear")
+SOURCES = ("sphere", "npy")
+NORMALIZATIONS = ("none", "l2", "standardize")
+SPHERE_N = 2000  # data.n of a synthetic sphere when not given
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -36,11 +39,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Synthetic hypersphere data (see README, "Data").
+    """The training data: a synthetic hypersphere (source=sphere, README "Data") or a user's
+    feature files (source=npy, README "Your own data").
 
     Args:
-        n: training points.
-        p: ambient dimension; the reducer's input_dim is p.
+        source: sphere | npy.
+        n: training points (sphere: SPHERE_N when not given; npy: every row not held out).
+        p: ambient dimension; the reducer's input_dim is p (npy: read from the files).
+        path: npy: the features, an N x p .npy file (float16/32/64), a glob, or a list of shards.
+        labels: npy: N integer labels (.npy, same forms); without them there is no retrieval AP.
+        heldout: npy: evaluation rows set aside, never trained on: a fraction (< 1) or a count
+            (default: eval.queries + eval.gallery, at most a fifth of the rows).
+        normalize: npy: none | l2 (each row to unit length) | standardize (per-feature mean and
+            std of the training rows); applied again by `bnnidr-hpc reduce`.
         d: intrinsic dimension: points lie on the d-sphere S^d before embedding.
         categories: labelled clusters on the sphere; retrieval AP counts same-category items.
         spread: angular spread of a category around its centre (Gaussian std before projecting
@@ -51,7 +62,8 @@ class DataConfig:
             is regenerated chunk by chunk every epoch so no process ever holds it whole.
     """
 
-    n: int = 2000
+    source: str = "sphere"
+    n: Optional[int] = None
     p: int = 128
     d: int = 5
     categories: int = 10
@@ -59,11 +71,16 @@ class DataConfig:
     noise: float = 0.0
     embedding: str = "linear"
     cache_gb: float = 1.0
+    path: Any = None
+    labels: Any = None
+    heldout: Optional[float] = None
+    normalize: str = "none"
 
 
 @dataclass
 class EvalConfig:
-    """Held-out retrieval evaluation, on points that follow the training set (indices >= n).
+    """Held-out retrieval evaluation: on points that follow the training set (sphere: indices
+    >= n), or on the held-out rows (npy: at their defaults, queries and gallery shrink to fit them).
 
     Args:
         queries: query points; each ranks the gallery by distance.
@@ -311,11 +328,18 @@ def to_yaml(c: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(c))
 
 
+def derive_sphere(c: Config) -> Config:
+    """What a sphere's config derives without looking at any file (in place)."""
+    if c.data.source == "sphere" and c.data.n is None:
+        c.data.n = SPHERE_N
+    return c
+
+
 def identity(c: Config) -> dict:
     """The values of c that differ from the schema's defaults and change the result, flattened
     (data.n, optimizers, ...). A key added to the schema later, at its default, adds nothing here,
     so existing run directories keep their names."""
-    defaults = flatten(to_dict(fill_optimizer_defaults(Config())))
+    defaults = flatten(to_dict(fill_optimizer_defaults(derive_sphere(Config()))))
 
     def default(key: str):  # every optimizer's defaults are those of the one default optimizer
         return defaults.get(re.sub(r"^optimizers\.\d+\.", "optimizers.0.", key), _NO_DEFAULT)

@@ -1,6 +1,11 @@
-"""Synthetic hyperspheres: n labelled points of intrinsic dimension d embedded in R^p.
+"""The data sources (synthetic hyperspheres; a user's feature files) and the loader of one rank's batches.
 
 Used by: train.py (training shards), evaluate.py (held-out points), intrinsic.py (estimate-id).
+
+Both sources give: rows(index) -> (points, labels or None) of training positions 0..n-1, range(start,
+stop), sample(count) (for TwoNN), heldout(queries, gallery); `source` picks one from the config.
+
+Synthetic hyperspheres: n labelled points of intrinsic dimension d embedded in R^p.
 
 Generative model (README, "Data"):
   centres  mu_c ~ uniform on the unit sphere S^d in R^(d+1), c = 1..categories
@@ -18,10 +23,13 @@ Points n, n+1, ... follow the training set and serve as the held-out evaluation 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
+from . import features
 from .config import DataConfig
 
 CHUNK = 64
@@ -49,7 +57,14 @@ def _stream_seed(seed: int, stream: int, index: int) -> int:
     return (seed * 2_654_435_761 + stream * 1_000_000_007 + index) % (2**63 - 1)
 
 
+def source(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"):
+    """The data source data.source names."""
+    return NpyFeatures(cfg, seed, device) if cfg.source == "npy" else Hypersphere(cfg, seed, device)
+
+
 class Hypersphere:
+    prefetch = False  # made on the fly by the same cores that run the step: nothing to overlap
+
     def __init__(self, cfg: DataConfig, seed: int, device: torch.device | str = "cpu"):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
         d1 = cfg.d + 1
@@ -117,6 +132,65 @@ class Hypersphere:
         n = self.cfg.n
         return self.range(n, n + queries), self.range(n + queries, n + queries + gallery)
 
+    def sample(self, count: int) -> torch.Tensor:
+        """count training points for TwoNN (independent draws already: the first ones)."""
+        return self.range(0, min(count, self.cfg.n))[0]
+
+
+class NpyFeatures:
+    """data.source=npy: training positions 0..n-1 are the files' training rows in file order
+    (features.split), read through memory maps and normalised (data.normalize) on the device."""
+
+    prefetch = True  # reading waits on the disk: the loader reads the next batch during the step
+
+    def __init__(self, cfg: DataConfig, seed: int, device: torch.device | str = "cpu"):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        self.shards = features.Shards(features.expand(cfg.path, "data.path"))
+        self.labels = None if cfg.labels is None else \
+            features.read_labels(features.expand(cfg.labels, "data.labels"), self.shards.n)
+        held = features.heldout_rows(cfg, self.shards.n, 0)
+        self.heldout_index, train_rows = features.split(self.shards.n, held, seed)
+        self.train_rows = train_rows[:cfg.n]
+        self.stats = features.normalization_stats(cfg.normalize, self.shards, self.train_rows)
+        self.normalize = features.normalizer(cfg.normalize, self.stats).to(self.device)
+
+    @property
+    def p(self) -> int:
+        return self.shards.p
+
+    def _file_rows(self, file_rows: np.ndarray) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Rows of the files in the given order: read in index order (sequential on disk), then
+        put back."""
+        order = np.argsort(file_rows, kind="stable")
+        x = torch.empty(len(file_rows), self.p)
+        x[torch.from_numpy(order)] = torch.from_numpy(self.shards.read(file_rows[order]))
+        x = self.normalize(x.to(self.device, non_blocking=True))
+        labels = None if self.labels is None else torch.from_numpy(self.labels[file_rows]).to(self.device)
+        return x, labels
+
+    def rows(self, index: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self._file_rows(self.train_rows[index.cpu().numpy()])
+
+    def range(self, start: int, stop: int, block: int = 65536):
+        xs, ys = [], []
+        for lo in range(start, stop, block):
+            x, y = self.rows(torch.arange(lo, min(stop, lo + block)))
+            xs.append(x)
+            ys.append(y)
+        return torch.cat(xs), None if self.labels is None else torch.cat(ys)
+
+    def heldout(self, queries: int, gallery: int):
+        """The first `queries` held-out rows and the next `gallery` ones, each (x, labels or None)."""
+        return (self._file_rows(self.heldout_index[:queries]),
+                self._file_rows(self.heldout_index[queries:queries + gallery]))
+
+    def sample(self, count: int) -> torch.Tensor:
+        """count training rows spread evenly over the files (a file sorted by class would make
+        its first rows a few classes only)."""
+        n = len(self.train_rows)
+        positions = np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
+        return self.rows(torch.from_numpy(positions))[0]
+
 
 class ShardLoader:
     """One rank's batches: the global batch at each step is batch_size x world points, and rank r
@@ -158,9 +232,7 @@ class ShardLoader:
         rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         steps = range(start_step, self.steps_per_epoch)
         if not self.cached:
-            for step in steps:
-                lo = step * global_batch
-                yield self.data.rows(order[lo + rows.start:lo + rows.stop])[0], None, None
+            yield from self._streamed(order, steps, global_batch, rows)
             return
         if self._buffers is None:  # two reused buffers, this step's and the next's: no allocation per step
             self._buffers = [torch.empty(global_batch, self.data.p, device=device) for _ in range(2)]
@@ -182,3 +254,22 @@ class ShardLoader:
                 self._announced = ((epoch + 1, 0), following)
             yield full[rows], full, following
             full = following()
+
+    def _streamed(self, order: torch.Tensor, steps: range, global_batch: int, rows: slice) -> Iterator[Batch]:
+        """Only this rank's points of each global batch; a source that reads files reads the next
+        step's while this one trains (reading waits on the disk, and releases the GIL)."""
+        def read(step: int) -> torch.Tensor:
+            lo = step * global_batch
+            return self.data.rows(order[lo + rows.start:lo + rows.stop])[0]
+
+        if not self.data.prefetch:
+            for step in steps:
+                yield read(step), None, None
+            return
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(read, steps[0]) if len(steps) else None
+            for step in steps:
+                batch = pending.result()
+                if step + 1 < steps.stop:
+                    pending = reader.submit(read, step + 1)
+                yield batch, None, None

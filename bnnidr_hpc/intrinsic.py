@@ -107,15 +107,15 @@ def estimate_config(c, sample: int) -> dict:
     """`bnnidr-hpc estimate-id`: every estimate on the first `sample` points of a config's data."""
     import time
 
-    from .data import Hypersphere
+    from .data import source
     from .distributed import DistInfo, pick_device
 
-    n = min(sample, c.data.n)
     device = pick_device(DistInfo(), c.run.device)
     started = time.perf_counter()
-    x, _ = Hypersphere(c.data, c.seed, device).range(0, n)
+    x = source(c.data, c.seed, device).sample(sample)
     estimates = estimate_all(x)
-    return {"n": n, "p": c.data.p, "true_d": c.data.d, "device": device.type, "estimates": estimates,
+    true_d = c.data.d if c.data.source == "sphere" else None
+    return {"n": x.shape[0], "p": c.data.p, "true_d": true_d, "device": device.type, "estimates": estimates,
             "seconds": time.perf_counter() - started,
             "output_dim_auto": output_dim_for(estimates["mle"]["dimension"], c.data.p)}
 

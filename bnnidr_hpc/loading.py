@@ -19,7 +19,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config import SCHEMA_NAME, Config, ConfigError, fill_optimizer_defaults, register_schema
+from .config import SCHEMA_NAME, Config, ConfigError, derive_sphere, fill_optimizer_defaults, register_schema
 from .validation import validate
 
 # The schema nests 4 levels (optimizers[i].schedule.name); deeper input is a mistake, and far
@@ -330,10 +330,25 @@ def to_config(cfg: DictConfig) -> Config:
     if isinstance(config.run.name, str):
         config.run.name = config.run.name.strip()  # blank means the default name
     try:
+        _derive(config)
         validate(fill_optimizer_defaults(config))
     except ConfigError as exc:
         raise ConfigError(_single(str(exc))) from None
     return config
+
+
+def _derive(config: Config) -> None:
+    """Values the data decide (npy: p, n and the evaluation sizes from the files), before the
+    checks that use them."""
+    from .validation import check_source
+
+    check_source(config)
+    if config.data.source == "npy":
+        from . import features
+
+        features.derive(config)
+    else:
+        derive_sphere(config)
 
 
 def load(config_path: Optional[str], overrides: List[str]) -> Config:

@@ -149,14 +149,25 @@ class Reducer(nn.Module):
     @torch.no_grad()
     def embed(self, x: torch.Tensor, mc_samples: int = 1) -> torch.Tensor:
         """Evaluation output: deterministic, the posterior mean, or the mean of posterior samples."""
+        if mc_samples > 1 and self.bayes_layers():
+            return torch.stack([self.sample(x) for _ in range(mc_samples)]).mean(0)
         was = self.training
         self.eval()
         try:
-            if mc_samples <= 1 or not self.bayes_layers():
-                return self(x)
+            return self(x)
+        finally:
+            self.train(was)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """One posterior draw of the output, BatchNorm in eval mode (the posterior mean when the
+        model is not Bayesian)."""
+        was = self.training
+        self.eval()
+        try:
             for m in self.bayes_layers():
                 m.training = True
-            return torch.stack([self(x) for _ in range(mc_samples)]).mean(0)
+            return self(x)
         finally:
             self.train(was)
 

@@ -23,7 +23,7 @@ import torch
 from . import checkpoint, distributed, intrinsic, records, tensorboard_log
 from .checkpoint import TrainState
 from .config import Config, ConfigError, to_dict, to_yaml
-from .data import Hypersphere, ShardLoader
+from .data import ShardLoader, source
 from .distributed import DistInfo
 from .evaluate import Evaluator
 from .model import Reducer
@@ -136,7 +136,7 @@ class _Session:
 
 
 def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, started: float):
-    data = Hypersphere(c.data, c.seed, device)
+    data = source(c.data, c.seed, device)
     intrinsic_dim = {}
     if c.output_dim == "auto":
         c, intrinsic_dim = _choose_output_dim(c, data)
@@ -156,12 +156,16 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
         c, config_dict, run_dir, device_type=device.type, devices=names * info.world_size,
         steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hostname=info.hostname,
         slurm_job_id=info.slurm_job_id, intrinsic_dim=intrinsic_dim)
+    if not evaluator.labelled:
+        record["ap_note"] = "no labels (data.labels is not set): no retrieval AP; intrinsic_dim still compares them"
     writer = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink()
         records.write_text(run_dir / records.CONFIG, to_yaml(c))
+        if c.data.source == "npy":
+            _write_data_files(run_dir, data)
         if state.history:  # a kill between the checkpoint and its metrics line: the checkpoint is right
             records.write_lines(run_dir / records.METRICS, state.history)
         writer = tensorboard_log.open_writer(run_dir)
@@ -174,6 +178,22 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
                        _progress_bar(c, info.is_main, state.epoch), started, records.process_start_time())
     session.update_record(state, records.RUNNING)
     return session, state
+
+
+def _write_data_files(run_dir: Path, data) -> None:
+    """What `reduce` and a collaborator need of a feature-file run: the held-out rows' indices
+    (queries first, then the gallery) and the normalisation statistics of the training rows."""
+    import io
+
+    import numpy as np
+
+    from . import features
+
+    buffer = io.BytesIO()
+    np.save(buffer, data.heldout_index)
+    records.atomic_write(run_dir / features.HELDOUT, lambda f: f.write(buffer.getbuffer()), binary=True)
+    blob = features.stats_bytes(data.cfg.normalize, data.stats)
+    records.atomic_write(run_dir / features.NORMALIZATION, lambda f: f.write(blob), binary=True)
 
 
 def _train_epochs(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
@@ -295,9 +315,9 @@ def _finish(s: _Session, state: TrainState, status: str) -> dict:
     return s.record
 
 
-def _choose_output_dim(c: Config, data: Hypersphere):
+def _choose_output_dim(c: Config, data):
     """output_dim: auto -> the TwoNN rule of intrinsic.output_dim_for on a sample of the data."""
-    sample, _ = data.range(0, min(c.data.n, c.eval.id_sample))
+    sample = data.sample(c.eval.id_sample)
     estimates = intrinsic.estimate_all(sample)
     chosen = intrinsic.output_dim_for(estimates["mle"]["dimension"], c.input_dim)
     info = {"input": estimates, "sample": sample.shape[0], "output_dim": chosen,

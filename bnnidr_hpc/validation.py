@@ -19,9 +19,11 @@ from .config import (
     ACTIVATIONS,
     DEVICES,
     EMBEDDINGS,
+    NORMALIZATIONS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
+    SOURCES,
     Config,
     ConfigError,
     ScheduleConfig,
@@ -94,15 +96,38 @@ def _check_numbers(node, key: str) -> None:
         _fail(key, node, f"at most {MAX_INT} in size")
 
 
+def check_source(c: Config) -> None:
+    """What must hold before the data's derived values are filled in (loading._derive)."""
+    data = c.data
+    if data.source not in SOURCES:
+        _fail("data.source", data.source, f"one of {', '.join(SOURCES)}")
+    for key in ("queries", "gallery"):
+        _positive(f"eval.{key}", getattr(c.eval, key))
+    if data.n is not None:
+        _positive("data.n", data.n)
+    if data.source == "sphere":
+        for key in ("path", "labels", "heldout"):
+            if getattr(data, key) is not None:
+                _fail(f"data.{key}", getattr(data, key), "only with data.source=npy (a sphere's held-out "
+                      "points follow its n training points)")
+        if data.normalize != "none":
+            _fail("data.normalize", data.normalize, "none with data.source=sphere (its points lie on a sphere)")
+    elif data.normalize not in NORMALIZATIONS:
+        _fail("data.normalize", data.normalize, f"one of {', '.join(NORMALIZATIONS)}")
+
+
 def _check_data(c: Config) -> None:
     data = c.data
-    for key in ("n", "p", "d", "categories"):
+    _positive("data.n", data.n)
+    _positive("data.cache_gb", data.cache_gb, float)
+    if data.source == "npy":  # the files' own checks ran when their values were derived (features.derive)
+        return
+    for key in ("p", "d", "categories"):
         _positive(f"data.{key}", getattr(data, key))
     if data.d >= data.p:
         _fail("data.d", data.d, f"the intrinsic dimension must be smaller than data.p={data.p}")
     _non_negative("data.noise", data.noise)
     _positive("data.spread", data.spread, float)
-    _positive("data.cache_gb", data.cache_gb, float)
     if data.embedding not in EMBEDDINGS:
         _fail("data.embedding", data.embedding, f"one of {', '.join(EMBEDDINGS)}")
 
@@ -120,7 +145,8 @@ def _check_model(c: Config) -> None:
             _fail("output_dim", c.output_dim, "a positive integer or auto")
         _positive("output_dim", c.output_dim)
         if c.output_dim >= c.input_dim:
-            _fail("output_dim", c.output_dim, f"must be smaller than the input dimension data.p={c.input_dim}")
+            what = "of the features in data.path" if c.data.source == "npy" else "data.p"
+            _fail("output_dim", c.output_dim, f"must be smaller than the input dimension {what}={c.input_dim}")
     if c.skip_steps != 0 and c.nlayers < 2:
         _fail("skip_steps", c.skip_steps, f"0: with nlayers={c.nlayers} there is no layer to skip")
     if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
