@@ -212,3 +212,25 @@ def test_a_warning_signal_before_training_starts_still_requeues(tmp_path, capsys
     wait_for(lambda: ended(run_dir), timeout=180)
     rec = record(run_dir)
     assert rec["status"] == "completed" and rec["restarts"] >= 1, run_status(run_dir)
+
+
+def test_a_slurm_job_trains_on_npy_features_like_one_local_rank(tmp_path, capsys):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.save(tmp_path / "X.npy", digits.data.astype(np.float16))
+    np.save(tmp_path / "Y.npy", digits.target)
+    data = ["data.source=npy", f"data.path={tmp_path / 'X.npy'}", f"data.labels={tmp_path / 'Y.npy'}",
+            "data.normalize=l2", "output_dim=8"]
+    small = [o for o in TINY if not o.startswith(("data.", "eval.", "output_dim"))]
+    out = submit(capsys, *small, *SGD, *data, "batch_size=24", f"run.root={tmp_path / 'runs'}", "--gpus", "2")
+    (run_dir,) = run_dirs_of(out)
+    wait_for(lambda: ended(run_dir), timeout=240)
+    rec = record(run_dir)
+    assert rec["status"] == "completed", run_status(run_dir)
+    assert rec["world_size"] == 2 and rec["n"] == 1797 - 359 and (run_dir / "heldout.npy").is_file()
+    c = load(None, small + SGD + data + ["batch_size=48", "num_gpu=1"])
+    alone = train(c, tmp_path / "alone")
+    assert [e["loss"] for e in rec["epochs"]] == pytest.approx([e["loss"] for e in alone["epochs"]], rel=1e-5)
+    assert rec["ap_out"] == pytest.approx(alone["ap_out"], abs=1e-3)
