@@ -46,7 +46,7 @@ WEAK_COLUMNS = ["family", "gpu", "n", "n_per_gpu", "batch_size", "epoch_s", "wea
 
 
 MAX_DEPTH = 64  # a config nests ~3 deep; deeper data would overflow flatten's and json.dumps' recursion
-IDENTITY = ("n", "p", "d", "batch_size", "world_size")  # a table row cannot be placed without these
+IDENTITY = ("n", "p", "batch_size", "world_size")  # a table row cannot be placed without these
 
 
 
@@ -66,7 +66,8 @@ def _finite(v) -> bool:
 # What a usable figure is; a bad optional one is shown as "-" and never aggregated.
 _positive = lambda v: _finite(v) and v > 0
 _count = lambda v: isinstance(v, int) and _positive(v)
-OPTIONAL = {"total_seconds": _positive, "first_epoch_seconds": _positive, "time_to_first_step_s": _positive,
+OPTIONAL = {"d": _count,  # None for feature files: their intrinsic dimension is not known
+            "total_seconds": _positive, "first_epoch_seconds": _positive, "time_to_first_step_s": _positive,
             "samples_per_s": _positive, "samples_per_s_per_gpu": _positive, "steps_per_epoch": _count,
             "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite}
 # The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
@@ -169,7 +170,7 @@ def _row(group: str, world: int, runs: List[dict], base: Optional[float]) -> dic
     speedup = _ratio(base, epoch_s)
     med = lambda key: _median(_ok(r, key) for r in runs)
     first = runs[0]
-    return {"group": group, "n": first["n"], "p": first["p"], "d": first["d"], "batch_size": first["batch_size"],
+    return {"group": group, "n": first["n"], "p": first["p"], "d": _ok(first, "d"), "batch_size": first["batch_size"],
             "gpu": world, "runs": len(runs), "epoch_s": epoch_s, "total_s": med("total_seconds"),
             "first_epoch_s": med("first_epoch_seconds"), "first_step_s": med("time_to_first_step_s"),
             "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),

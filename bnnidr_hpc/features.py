@@ -176,8 +176,8 @@ def derive(c) -> None:
 
     data = c.data
     if data.path is None:
-        raise ConfigError("config: data.path=None is not allowed with data.source=npy: the features, an "
-                          "N x p .npy file (or a glob / list of shards)")
+        raise ConfigError("config: data.path is not set: data.source=npy trains on the features in data.path, "
+                          "an N x p .npy file, a glob or a list of shards")
     paths = expand(data.path, "data.path")
     shards = Shards(paths)
     # Absolute, and a glob expanded: the run names exactly the files it trained on, from any folder.

@@ -263,7 +263,7 @@ def config_record(c: "Config", config_dict: dict, run_dir: Path) -> dict:
         "run_dir": str(Path(run_dir).resolve()),
         "name": c.run.name,
         "config": config_dict,
-        "n": c.data.n, "p": c.data.p, "d": c.data.d,
+        "n": c.data.n, "p": c.data.p, "d": c.data.d if c.data.source == "sphere" else None,  # a file's d is unknown
         "input_dim": c.input_dim, "output_dim": c.output_dim,
         "batch_size": c.batch_size, "global_batch_size": c.global_batch,
         "world_size": c.world_size, "num_gpu": c.num_gpu, "num_nodes": c.num_nodes,

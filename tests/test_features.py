@@ -176,7 +176,7 @@ def bad_files(folder: Path) -> dict:
                               "fewer than eval.queries"),
         "heldout 1.5": (["data.path=" + str(folder / "ok.npy"), "data.heldout=1.5"], "a fraction in (0, 1)"),
         "n over rows": (["data.path=" + str(folder / "ok.npy"), "data.n=290"], "training rows"),
-        "no path": ([], "data.path=None"),
+        "no path": ([], "data.path is not set"),
         "normalize": (["data.path=" + str(folder / "ok.npy"), "data.normalize=zscore"], "none, l2, standardize"),
         "path on a sphere": (["data.source=sphere", "data.path=" + str(folder / "ok.npy")], "data.source=npy"),
     }
