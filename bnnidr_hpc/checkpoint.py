@@ -31,6 +31,7 @@ class TrainState:
     kl_sum: float = 0.0
     history: List[dict] = field(default_factory=list)  # one metrics entry per completed epoch
     ap_in: Optional[float] = None                      # retrieval AP in the input space
+    reference: Optional[dict] = None  # the input AP's error and the baselines' scores (evaluate.py), once
     restarts: int = 0
     # From each session's last checkpoint to the next session's start: the wait for a requeue,
     # or the work a kill threw away.

@@ -56,11 +56,17 @@ def parse_gpus(text: str) -> List[int]:
 
 
 def _summary(record: dict) -> str:
+    baselines = record.get("baselines") or {}
+    beside = "  ".join(f"{name} {fmt(b.get('ap'))} ± {fmt(b.get('ap_se'))} (knn {fmt(b.get('knn_recall'), '.3f')})"
+                       for name, b in (("PCA", baselines.get("pca", {})), ("random", baselines.get("random", {}))))
     return (f"{record['status']}: {record['run_dir']}\n"
             f"  epochs {record['epochs_done']}/{record['max_epochs']}  loss {fmt(record['final_loss'])}  "
-            f"AP in {fmt(record['ap_in'])} -> out {fmt(record['ap_out'])} "
-            f"(retention {fmt(record['ap_retention'], '.3f')})  "
-            f"{fmt(record['samples_per_s'], '.0f')} samples/s  {fmt(record['total_seconds'], '.1f')} s")
+            f"{fmt(record['samples_per_s'], '.0f')} samples/s  {fmt(record['total_seconds'], '.1f')} s\n"
+            f"  AP in {fmt(record['ap_in'])} ± {fmt(record.get('ap_in_se'))}  reducer {fmt(record['ap_out'])} ± "
+            f"{fmt(record.get('ap_out_se'))} (retention {fmt(record['ap_retention'], '.3f')}, knn "
+            f"{fmt(record.get('knn_recall'), '.3f')})\n"
+            f"  at output_dim {record['output_dim']}: {beside}"
+            + (f"\n  {record['ap_note']}" if record.get("ap_note") else ""))
 
 
 def cmd_run(ns) -> int:

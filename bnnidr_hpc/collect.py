@@ -36,12 +36,13 @@ SPREAD_KEYS = ("num_gpu", "num_nodes", "run", "cluster")
 
 COLUMNS = ["group", "n", "p", "d", "batch_size", "gpu", "runs", "epoch_s", "total_s", "first_epoch_s",
            "first_step_s", "steps_per_epoch", "samples_per_s", "samples_per_s_per_gpu", "speedup",
-           "efficiency", "final_loss", "ap", "ap_retention"]
+           "efficiency", "final_loss", "ap", "ap_pca", "ap_retention"]
 HEADERS = {"group": "group", "n": "n", "p": "p", "d": "d", "batch_size": "batch size", "gpu": "gpu",
            "runs": "runs", "epoch_s": "epoch runtime (s)", "total_s": "total runtime (s)",
            "first_epoch_s": "first epoch (s)", "first_step_s": "first step (s)", "steps_per_epoch": "steps/epoch",
            "samples_per_s": "samples/s", "samples_per_s_per_gpu": "samples/s/gpu", "speedup": "speedup",
-           "efficiency": "efficiency", "final_loss": "loss", "ap": "AP", "ap_retention": "AP retention"}
+           "efficiency": "efficiency", "final_loss": "loss", "ap": "AP",
+           "ap_pca": "PCA AP", "ap_retention": "AP retention"}
 WEAK_COLUMNS = ["family", "gpu", "n", "n_per_gpu", "batch_size", "epoch_s", "weak_efficiency"]
 
 
@@ -72,7 +73,7 @@ OPTIONAL = {"d": _count,  # None for feature files: their intrinsic dimension is
             "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite}
 # The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
 USED = ("config", "run_dir", "updated_at", "status", "error", "epochs_done", "max_epochs", "steady_epoch_seconds",
-        "epoch_seconds", *IDENTITY, *OPTIONAL)
+        "epoch_seconds", "baselines", *IDENTITY, *OPTIONAL)
 
 
 def _show(rec: dict, key: str) -> str:
@@ -176,7 +177,15 @@ def _row(group: str, world: int, runs: List[dict], base: Optional[float]) -> dic
             "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),
             "samples_per_s_per_gpu": med("samples_per_s_per_gpu"), "speedup": speedup,
             "efficiency": _ratio(speedup, world), "final_loss": med("final_loss"), "ap": med("ap_out"),
-            "ap_retention": med("ap_retention")}
+            "ap_pca": _median(_pca_ap(r) for r in runs), "ap_retention": med("ap_retention")}
+
+
+def _pca_ap(rec: dict) -> Optional[float]:
+    """The PCA baseline's AP at the run's output_dim, where the record holds a usable one."""
+    pca = rec.get("baselines")
+    pca = pca.get("pca") if isinstance(pca, dict) else None
+    ap = pca.get("ap") if isinstance(pca, dict) else None
+    return ap if _finite(ap) else None
 
 
 def strong_scaling(recs: List[dict]) -> List[dict]:

@@ -293,7 +293,7 @@ def update_record(record: dict, state: "TrainState", status: str, session_starte
     full = [h["samples_per_s"] for h in history if not h["partial"]]
     steady = full[1:] or full  # the first full epoch carries the start-up
     samples_per_s = statistics.median(steady) if steady else None
-    last_ap = next((h for h in reversed(history) if h["ap"] is not None), None)
+    last_ap = next((h for h in reversed(history) if h["ap"] is not None or h.get("knn_recall") is not None), None)
     now = time.time()
     record.update({
         "status": status,
@@ -310,8 +310,13 @@ def update_record(record: dict, state: "TrainState", status: str, session_starte
         "samples_per_s_per_gpu": None if samples_per_s is None else samples_per_s / record["world_size"],
         "final_loss": history[-1]["loss"] if history else None,
         "ap_in": state.ap_in,
+        "ap_in_se": (state.reference or {}).get("ap_in_se"),
         "ap_out": last_ap["ap"] if last_ap else None,
+        "ap_out_se": last_ap.get("ap_se") if last_ap else None,
         "ap_retention": last_ap["ap_retention"] if last_ap else None,
+        "knn_recall": last_ap.get("knn_recall") if last_ap else None,
+        # PCA and a random projection to the same output_dim, on the same held-out points
+        "baselines": (state.reference or {}).get("baselines"),
         "restarts": state.restarts,
         "seconds_lost": state.seconds_lost,
         "updated_at": now,

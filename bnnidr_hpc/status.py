@@ -115,20 +115,29 @@ def run_status(run_dir: Path) -> dict:
         "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
         "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
         "loss": rec.get("final_loss"), "ap": rec.get("ap_out"), "ap_retention": rec.get("ap_retention"),
+        "ap_pca": _pca_ap(rec),
         "samples_per_s": (rec.get("epochs") or [{}])[-1].get("samples_per_s"),
         "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
         "restarts": restarts, "detail": detail, "submitted": bool(job),
     }
 
 
+def _pca_ap(rec: dict):
+    baselines = rec.get("baselines")
+    pca = baselines.get("pca") if isinstance(baselines, dict) else None
+    ap = pca.get("ap") if isinstance(pca, dict) else None
+    return ap if isinstance(ap, float) else None
+
+
 def status_table(rows: List[dict]) -> List[str]:
-    header = (f"{'run':<28} {'job':>10} {'state':<11} {'epoch':>7} {'loss':>8} {'AP':>6} {'samples/s':>10} "
-              f"{'runtime':>8}  detail")
+    header = (f"{'run':<28} {'job':>10} {'state':<11} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
+              f"{'samples/s':>10} {'runtime':>8}  detail")
     lines = [header]
     for r in rows:
         epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{r['max_epochs']}"
         lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<11} {epoch:>7} "
-                     f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r['samples_per_s'], '.0f'):>10} "
+                     f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r.get('ap_pca'), '.3f'):>6} "
+                     f"{fmt(r['samples_per_s'], '.0f'):>10} "
                      f"{fmt(r['runtime_s'], '.1f'):>8}  {r['detail']}")
     return lines
 

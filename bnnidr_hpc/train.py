@@ -25,7 +25,7 @@ from .checkpoint import TrainState
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import ShardLoader, source
 from .distributed import DistInfo
-from .evaluate import Evaluator
+from .evaluate import Evaluator, with_retention
 from .model import Reducer
 from .optim import Optimizers
 from .step import make_step
@@ -171,8 +171,6 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
         writer = tensorboard_log.open_writer(run_dir)
         if c.run.graph and state.restarts == 0:
             tensorboard_log.log_graph(writer, model, c.input_dim)
-    if state.ap_in is None:
-        state.ap_in = evaluator.input_ap()
     session = _Session(c, run_dir, info, device, model, optimizers, loader, evaluator, averager,
                        make_step(c, model, optimizers, info, averager), record, writer,
                        _progress_bar(c, info.is_main, state.epoch), started, records.process_start_time())
@@ -264,17 +262,18 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
     epoch_seconds = time.perf_counter() - epoch_started
     rank_seconds = [r[0] for r in distributed.gather_floats([epoch_seconds], s.device)]
     eval_started = time.perf_counter()
-    ap_out = None
+    scores = {"ap": None, "ap_se": None, "ap_retention": None, "knn_recall": None}
     if epoch + 1 == c.max_epochs or (epoch + 1) % c.eval.every == 0:
         s.averager.sync_buffers()
-        ap_out = s.evaluator.model_ap(s.model)
+        if state.reference is None:
+            _evaluate_references(s, state)
+        scores = with_retention(s.evaluator.model_scores(s.model), state.ap_in)
     return {
         "epoch": epoch + 1,
         "loss": (stress_total + kl_total) / steps,
         "stress": stress_total / steps,
         "kl": kl_total / steps,
-        "ap": ap_out,
-        "ap_retention": None if ap_out is None else ap_out / state.ap_in,
+        **scores,
         "lr": lrs,
         "epoch_seconds": max(rank_seconds),
         "rank_epoch_seconds": rank_seconds,
@@ -282,6 +281,16 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
         "samples_per_s": c.global_batch * (steps - state.step) / max(rank_seconds),
         "partial": state.step > 0,
     }
+
+
+def _evaluate_references(s: _Session, state: TrainState) -> None:
+    """The input space's AP and the baselines at the same output size (evaluate.py), once per run,
+    at its first evaluation rather than before the first step."""
+    inputs = s.evaluator.input_scores()
+    state.ap_in = inputs["ap"]
+    baselines = s.evaluator.baseline_scores(s.c.output_dim, s.c.seed)
+    state.reference = {"ap_in_se": inputs["ap_se"],
+                       "baselines": {name: with_retention(b, state.ap_in) for name, b in baselines.items()}}
 
 
 def _rank_sums(sums: torch.Tensor, world: int) -> torch.Tensor:
@@ -349,7 +358,12 @@ def _show_progress(s: _Session, entry: dict) -> None:
     if s.progress is not None:
         s.progress.update(1)
         s.progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=records.fmt(entry["ap"], ".3f"),
-                               samples_per_s=f"{entry['samples_per_s']:.0f}")
+                               pca=records.fmt(_pca_ap(s), ".3f"), samples_per_s=f"{entry['samples_per_s']:.0f}")
     elif s.info.is_main and s.c.run.progress:  # not a terminal (a Slurm log): one plain line per epoch
         print(f"epoch {entry['epoch']}/{s.c.max_epochs} loss {entry['loss']:.4f} AP {records.fmt(entry['ap'], '.3f')} "
-              f"{entry['samples_per_s']:.0f} samples/s {entry['epoch_seconds']:.2f} s", flush=True)
+              f"(PCA {records.fmt(_pca_ap(s), '.3f')}) {entry['samples_per_s']:.0f} samples/s "
+              f"{entry['epoch_seconds']:.2f} s", flush=True)
+
+
+def _pca_ap(s: _Session):
+    return (s.record.get("baselines") or {}).get("pca", {}).get("ap")
