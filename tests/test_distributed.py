@@ -36,6 +36,10 @@ def test_gloo_ranks_match_one_rank_with_the_same_global_batch(tiny, world, optim
     assert [e["loss"] for e in two["epochs"]] == pytest.approx([e["loss"] for e in one["epochs"]], rel=rel)
     assert two["ap_out"] == pytest.approx(one["ap_out"], abs=1e-3)
     assert two["ap_in"] == pytest.approx(one["ap_in"], abs=1e-9)  # the query split adds up exactly
+    # Every rank's per-query APs are gathered: the bootstrap's error and the baselines are one rank's.
+    assert two["ap_in_se"] == pytest.approx(one["ap_in_se"], abs=1e-9)
+    for name in ("pca", "random"):
+        assert two["baselines"][name]["ap"] == pytest.approx(one["baselines"][name]["ap"], abs=1e-6)
     assert all(len(e["rank_epoch_seconds"]) == world for e in two["epochs"])
     assert two["slowest_rank_seconds"] >= max(two["epoch_seconds"]) - 1e-9
 

@@ -7,6 +7,7 @@ from bnnidr_hpc import cli, metrics, records
 from bnnidr_hpc.config import run_dir_for
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo
+from bnnidr_hpc.job import run_local
 from bnnidr_hpc.model import Reducer
 from bnnidr_hpc.optim import Optimizers, lr_factor
 from bnnidr_hpc.step import make_step
@@ -266,3 +267,23 @@ def test_torchrun_ranks_train_one_run_and_a_mismatch_is_one_line(tmp_path):
     assert mismatch.returncode != 0
     assert "bnnidr-hpc: world size: this process is rank" in mismatch.stderr
     assert not list(tmp_path.glob("*/record.json"))[1:]  # nothing created for the refused run
+
+
+def test_every_record_holds_pca_and_random_baselines_with_standard_errors(tiny):
+    import math
+
+    from bnnidr_hpc.metrics import bootstrap_se
+
+    # The linear embedding spans d + 1 = 4 dimensions: PCA to output_dim 4 keeps every distance.
+    c = tiny("output_dim=4", "eval.queries=128")
+    rec = run_local(c, run_dir_for(c))
+    pca, rand = rec["baselines"]["pca"], rec["baselines"]["random"]
+    assert pca["ap"] == pytest.approx(rec["ap_in"], abs=1e-5) and pca["ap_retention"] == pytest.approx(1, abs=1e-5)
+    assert pca["knn_recall"] == pytest.approx(1.0, abs=0.01)
+    assert rand["ap"] < pca["ap"] and 0 < rand["knn_recall"] < 1  # 4 random directions of 32 lose neighbours
+    for scores in (pca, rand, {"ap_se": rec["ap_out_se"]}, {"ap_se": rec["ap_in_se"]}):
+        assert 0 < scores["ap_se"] < 0.1
+    assert 0 < rec["knn_recall"] <= 1 and rec["epochs"][-1]["ap_se"] == rec["ap_out_se"]
+    # The bootstrap's error of a mean agrees with the textbook std / sqrt(n).
+    values = torch.rand(400, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert bootstrap_se(values) == pytest.approx(values.std().item() / math.sqrt(400), rel=0.15)
