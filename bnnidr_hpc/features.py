@@ -25,7 +25,7 @@ from .config import ConfigError, DataConfig
 
 DTYPES = ("float16", "float32", "float64")
 # Pages read through one memory map before it is reopened; bounds the file-backed resident memory.
-REMAP_BYTES = 256 * 2**20
+REMAP_BYTES = 128 * 2**20
 # Rows read (evenly spaced) to look for NaN/inf before a run starts, and to compute the
 # standardisation statistics.
 FINITE_CHECK_ROWS = 4096

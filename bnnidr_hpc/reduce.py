@@ -4,8 +4,10 @@ Used by: cli.py (reduce), users' own code (`bnnidr_hpc.load_reducer(run_dir)`).
 
 A run directory holds everything needed: config.yaml (the model's shape and the normalisation),
 checkpoint.pt (the weights), normalization.npz (a feature-file run's statistics). The training
-files need not exist any more. `reduce` streams the input in blocks from memory maps into an
-output memory map (float32, N x output_dim) written beside OUTPUT and renamed over it when whole;
+files need not exist any more. `reduce` streams the input in blocks from memory maps into OUTPUT
+(a float32 N x output_dim .npy), written block after block beside it and renamed over it when
+whole: plain sequential writes, since the dirty pages of an output memory map would count in the
+process's memory (500 MB for ImageNet at output_dim 96);
 with --mc-samples K > 1 (a Bayesian run) it also writes OUTPUT's stem + ".spread.npy": per vector,
 the root-mean-square over output coordinates of the standard deviation over the K samples.
 """
@@ -24,8 +26,8 @@ from . import features, records
 from .config import Config, ConfigError
 from .model import Reducer
 
-# Rows per block: two blocks in flight (one read ahead) stay near 200 MB at p = 1536.
-BLOCK_ROWS = 16384
+# Rows per block: two blocks in flight (one read ahead) stay near 100 MB at p = 1536.
+BLOCK_ROWS = 8192
 
 
 class AppliedReducer(torch.nn.Module):
@@ -132,9 +134,13 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
         targets.append((spread_path(out), (shards.n,)))
     temps = [t.with_name(f".{t.name}.{os.getpid()}.tmp") for t, _ in targets]
     started = time.perf_counter()
+    files = []
     try:
-        maps = [np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                for tmp, (_, shape) in zip(temps, targets)]
+        for tmp, (_, shape) in zip(temps, targets):
+            files.append(open(tmp, "wb"))
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": shape}
+            np.lib.format.write_array_header_2_0(files[-1], header)
         bar = tqdm(total=shards.n, unit="row", unit_scale=True, desc="reduce", disable=None if progress else True)
         with ThreadPoolExecutor(max_workers=1) as reader, torch.no_grad():
             starts = list(range(0, shards.n, block))
@@ -147,22 +153,22 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
                 x = x.to(device, non_blocking=True)
                 if samples > 1:
                     z, spread = reducer.mean_and_spread(x, samples)
-                    maps[1][lo:hi] = spread.cpu().numpy()
+                    files[1].write(spread.float().cpu().numpy().tobytes())
                 else:
                     z = reducer(x)
-                maps[0][lo:hi] = z.float().cpu().numpy()
+                files[0].write(z.float().cpu().numpy().tobytes())
                 bar.update(hi - lo)
         bar.close()
-        for m, tmp in zip(maps, temps):
-            m.flush()
-            del m
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+        for f, tmp in zip(files, temps):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
             os.chmod(tmp, records.FILE_MODE)
-        maps = []
         for tmp, (final, _) in zip(temps, targets):
             os.replace(tmp, final)
     except BaseException:
+        for f in files:
+            f.close()
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
