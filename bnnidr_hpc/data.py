@@ -12,6 +12,9 @@ Generative model (README, "Data"):
   point i  c_i ~ uniform category;  u_i = normalise(mu_c + spread * z / sqrt(d+1)),  z ~ N(0, I)
   linear     x_i = Q u_i                                Q: p x (d+1), orthonormal columns
   nonlinear  x_i = Q [u_i, sqrt(2/k) sin(3 W u_i + b)]  W: k x (d+1) Gaussian, Q: p x (d+1+k)
+  curved     x_i = sqrt(2/p) cos(F u_i + b)             F: p x (d+1), N(0, frequency^2); b ~ U[0, 2 pi)
+             (random Fourier features: a smooth curved embedding whose linear span is all of p, so
+             PCA to d+1 dimensions loses neighbours; README "Data")
   noise      x_i += noise / sqrt(p) * N(0, I_p)
 
 Point i depends on (seed, i) alone: points are made in chunks of CHUNK consecutive indices, each
@@ -23,7 +26,6 @@ Points n, n+1, ... follow the training set and serve as the held-out evaluation 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
@@ -72,6 +74,10 @@ class Hypersphere:
         g = torch.Generator().manual_seed(_stream_seed(seed, 0, 0))
         centres = torch.randn(cfg.categories, d1, generator=g, dtype=torch.float64)
         self.centres = (centres / centres.norm(dim=1, keepdim=True)).float().to(self.device)
+        if cfg.embedding == "curved":
+            self.frequencies = (cfg.frequency * torch.randn(cfg.p, d1, generator=g)).to(self.device)
+            self.phases = (2 * math.pi * torch.rand(cfg.p, generator=g)).to(self.device)
+            return
         features = d1
         if cfg.embedding == "nonlinear":
             self.sine_dim = min(d1, cfg.p - d1)
@@ -96,6 +102,8 @@ class Hypersphere:
         return labels, z, noise
 
     def _embed(self, u: torch.Tensor) -> torch.Tensor:
+        if self.cfg.embedding == "curved":
+            return math.sqrt(2.0 / self.cfg.p) * torch.cos(u @ self.frequencies.T + self.phases)
         if self.cfg.embedding == "nonlinear":
             wiggle = math.sqrt(2.0 / self.sine_dim) * torch.sin(u @ self.sine_w.T + self.sine_b)
             u = torch.cat([u, wiggle], dim=1)
@@ -141,7 +149,7 @@ class NpyFeatures:
     """data.source=npy: training positions 0..n-1 are the files' training rows in file order
     (features.split), read through memory maps and normalised (data.normalize) on the device."""
 
-    prefetch = True  # reading waits on the disk: the loader reads the next batch during the step
+    prefetch = True  # reading waits on the disk: the loader asks for the next batch's rows ahead
 
     def __init__(self, cfg: DataConfig, seed: int, device: torch.device | str = "cpu"):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
@@ -170,6 +178,10 @@ class NpyFeatures:
 
     def rows(self, index: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         return self._file_rows(self.train_rows[index.cpu().numpy()])
+
+    def advise(self, index: torch.Tensor) -> None:
+        """Start reading these training positions' rows from the disk (features.Shards.advise)."""
+        self.shards.advise(np.sort(self.train_rows[index.cpu().numpy()]))
 
     def range(self, start: int, stop: int, block: int = 65536):
         xs, ys = [], []
@@ -256,20 +268,16 @@ class ShardLoader:
             full = following()
 
     def _streamed(self, order: torch.Tensor, steps: range, global_batch: int, rows: slice) -> Iterator[Batch]:
-        """Only this rank's points of each global batch; a source that reads files reads the next
-        step's while this one trains (reading waits on the disk, and releases the GIL)."""
-        def read(step: int) -> torch.Tensor:
+        """Only this rank's points of each global batch. A source that reads files has the kernel
+        read the next step's rows from the disk while this step trains; copying them out of the
+        page cache (a few ms) stays in the step: a reader thread would take a core from the
+        step's threads, which all wait for the slowest (benchmarks/bench_npy.py: 0.75x the sphere's
+        samples/s with a reader thread, 0.93x without)."""
+        def positions(step: int) -> torch.Tensor:
             lo = step * global_batch
-            return self.data.rows(order[lo + rows.start:lo + rows.stop])[0]
+            return order[lo + rows.start:lo + rows.stop]
 
-        if not self.data.prefetch:
-            for step in steps:
-                yield read(step), None, None
-            return
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            pending = reader.submit(read, steps[0]) if len(steps) else None
-            for step in steps:
-                batch = pending.result()
-                if step + 1 < steps.stop:
-                    pending = reader.submit(read, step + 1)
-                yield batch, None, None
+        for step in steps:
+            if self.data.prefetch and step + 1 < steps.stop:
+                self.data.advise(positions(step + 1))
+            yield self.data.rows(positions(step))[0], None, None

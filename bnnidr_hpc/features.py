@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -86,6 +87,9 @@ class Shards:
             raise ConfigError(f"config: {key}: the shards have different widths p ({', '.join(map(str, widths))}); "
                               "every file must have the same p")
         self.p = widths[0]
+        self.row_bytes = [self.p * h[1].itemsize for h in headers]
+        self.offsets = [h[3] for h in headers]
+        self._fds: List[Optional[int]] = [None] * len(self.paths)
         self.rows_per_file = [h[0][0] for h in headers]
         self.starts = np.cumsum([0] + self.rows_per_file)
         self.n = int(self.starts[-1])
@@ -113,6 +117,20 @@ class Shards:
                     out[lo:hi] = self._map(i)[local]
                 self._read[i] += (hi - lo) * self.p * self._map(i).itemsize
         return out
+
+    def advise(self, rows: np.ndarray) -> None:
+        """Ask the kernel to start reading these rows (sorted) into the page cache now, so that a
+        later read() finds them there: read-ahead without a thread competing for the cores."""
+        if not hasattr(os, "posix_fadvise") or not len(rows):
+            return
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for run in np.split(rows, breaks):
+            i = int(np.searchsorted(self.starts, run[0], side="right")) - 1
+            lo, hi = run[0] - self.starts[i], min(run[-1] + 1, self.starts[i + 1]) - self.starts[i]
+            if self._fds[i] is None:
+                self._fds[i] = os.open(self.paths[i], os.O_RDONLY)
+            os.posix_fadvise(self._fds[i], int(self.offsets[i] + lo * self.row_bytes[i]),
+                             int((hi - lo) * self.row_bytes[i]), os.POSIX_FADV_WILLNEED)
 
     def block(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 in the files' own dtype (a copy): the caller converts, e.g. in torch,
