@@ -25,12 +25,13 @@ SCHEMA_NAME = "bnnidr_schema"
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid", "identity")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")
-EMBEDDINGS = ("linear", "nonlinear")
+EMBEDDINGS = ("linear", "nonlinear", "curved")
 SOURCES = ("sphere", "npy")
 NORMALIZATIONS = ("none", "l2", "standardize")
 SPHERE_N = 2000  # data.n of a synthetic sphere when not given
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+LOSSES = ("stress", "umap")
 
 
 class ConfigError(ValueError):
@@ -57,7 +58,9 @@ class DataConfig:
         spread: angular spread of a category around its centre (Gaussian std before projecting
             back onto the sphere); small = tight, well separated categories.
         noise: std of isotropic ambient Gaussian noise, total over all p coordinates.
-        embedding: linear (an isometry into R^p) or nonlinear (sine features, then an isometry).
+        embedding: linear (an isometry into R^p), nonlinear (sine features, then an isometry: inside
+            2(d+1) linear dimensions) or curved (random Fourier features spanning all of p).
+        frequency: curved: std of the random frequencies; larger bends the sphere more.
         cache_gb: a data set up to this size is generated once and kept in memory; a larger one
             is regenerated chunk by chunk every epoch so no process ever holds it whole.
     """
@@ -70,6 +73,7 @@ class DataConfig:
     spread: float = 0.35
     noise: float = 0.0
     embedding: str = "linear"
+    frequency: float = 6.0
     cache_gb: float = 1.0
     path: Any = None
     labels: Any = None
@@ -245,6 +249,11 @@ class Config:
     # distances: the faster matrix units of GPUs and AVX512-BF16/AMX CPUs, at bfloat16's 8-bit
     # mantissa (figures: docs/performance.md)
     precision: str = "fp32"
+    # objective over every pair of the global batch (README, "Objectives"): stress (metric MDS,
+    # DeepMDS) or umap (parametric UMAP's cross-entropy of neighbour weights exp(-|x_i - x_j|^2 /
+    # sigma^2), sigma^2 the neighbour_quantile of the batch's squared input distances)
+    loss: str = "stress"
+    neighbour_quantile: float = 0.02
     # optimisation
     batch_size: int = 100  # per device; an epoch has n // (batch_size * world size) steps
     max_epochs: int = 20

@@ -102,26 +102,22 @@ def total_squared_distance(x: torch.Tensor) -> torch.Tensor:
     return (2 * x.shape[0] * sum_sq - 2 * (col_sums * col_sums).sum()).float()
 
 
-class _PairSquaredError(torch.autograd.Function):
-    """E = sum_ij (|y_i - Y_j| - d_in_ij)^2 with a hand-written backward.
-
-    With D2 = |y_i - Y_j|^2 and d = sqrt(D2): dE/dD2_ij = (d_ij - d_in_ij) / d_ij =: R_ij, and
+class _PairLoss(torch.autograd.Function):
+    """E = sum_ij e(D2_ij, t_ij) over the pairs (y_i, Y_j), D2 = |y_i - Y_j|^2, t the input-side
+    target of each pair, with a hand-written backward through R = dE/dD2:
     dD2/dy_i = 2 (y_i - Y_j), so dE/dy = 2 (y * rowsum R - R Y) and, for the gathered columns,
     dE/dY = 2 (Y * colsum R - R^T y): two small products and a few passes over the B x G
     matrices instead of autograd's dozen. When Y is y (one rank), R is symmetric and the two
-    terms are equal: one product, doubled."""
+    terms are equal: one product, doubled. Subclasses give their forward through `_forward` with
+    a `terms(D2, t, needs_grad, y) -> (E, R)`."""
 
     @staticmethod
-    def forward(ctx, y, full_y, d_in):
+    def _forward(ctx, y, full_y, target, terms):
         ctx.symmetric = full_y is y
-        d_out = squared_distances(y, full_y).sqrt_()
-        err = d_out - d_in
-        flat = err.view(-1)
-        total = torch.dot(flat, flat)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # Below this floor the product form's rounding (about sqrt(float eps) |y|) is all there is.
-            floor = 1e-3 * (y * y).sum(1).mean().sqrt().clamp_min(1e-12)
-            ctx.save_for_backward(y, full_y, err.div_(d_out.clamp_min_(floor)))
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total, ratio = terms(squared_distances(y, full_y), target, needs_grad, y)
+        if needs_grad:
+            ctx.save_for_backward(y, full_y, ratio)
         return total
 
     @staticmethod
@@ -133,6 +129,50 @@ class _PairSquaredError(torch.autograd.Function):
         grad_y = g * (y * ratio.sum(1, keepdim=True) - ratio @ full_y)
         grad_full = g * (full_y * ratio.sum(0)[:, None] - ratio.T @ y) if ctx.needs_input_grad[1] else None
         return grad_y, grad_full, None
+
+
+class _PairSquaredError(_PairLoss):
+    """Stress: e = (|y_i - Y_j| - d_in_ij)^2; with d = sqrt(D2), R = (d - d_in) / d."""
+
+    @staticmethod
+    def forward(ctx, y, full_y, d_in):
+        return _PairLoss._forward(ctx, y, full_y, d_in, _PairSquaredError.terms)
+
+    @staticmethod
+    def terms(d2, d_in, needs_grad, y):
+        d_out = d2.sqrt_()
+        err = d_out - d_in
+        flat = err.view(-1)
+        total = torch.dot(flat, flat)
+        if not needs_grad:
+            return total, None
+        # Below this floor the product form's rounding (about sqrt(float eps) |y|) is all there is.
+        floor = 1e-3 * (y * y).sum(1).mean().sqrt().clamp_min(1e-12)
+        return total, err.div_(d_out.clamp_min_(floor))
+
+
+class _PairFuzzyCrossEntropy(_PairLoss):
+    """Parametric UMAP's cross-entropy of the neighbour weights p_ij (input) and
+    q_ij = 1 / (1 + D2_ij) (output): e = -[p log q + (1 - p) log(1 - q)]
+    = log(1 + D2) - (1 - p) log D2, so R = 1 / (1 + D2) - (1 - p) / D2."""
+
+    @staticmethod
+    def forward(ctx, y, full_y, p):
+        return _PairLoss._forward(ctx, y, full_y, p, _PairFuzzyCrossEntropy.terms)
+
+    @staticmethod
+    def terms(d2, p, needs_grad, y):
+        d2 = d2.clamp_min_(MIN_SQUARED_DISTANCE)
+        repel = 1.0 - p
+        total = torch.log1p(d2).sum() - (repel * torch.log(d2)).sum()
+        if not needs_grad:
+            return total, None
+        return total, torch.reciprocal(d2 + 1.0).sub_(repel.div_(d2))
+
+
+# Output pairs closer than this (squared) are treated as this close: bounds UMAP's repulsion 1/D2.
+MIN_SQUARED_DISTANCE = 1e-10
+LOSSES = {"stress": _PairSquaredError, "umap": _PairFuzzyCrossEntropy}
 
 
 def pair_blocks(rank: int, world: int, rows: int) -> List[Tuple[slice, slice]]:
@@ -153,35 +193,61 @@ def pair_blocks(rank: int, world: int, rows: int) -> List[Tuple[slice, slice]]:
 
 
 class PairTargets(NamedTuple):
-    """The input-space side of a rank's share of the stress (no gradient): the distances of the
-    pairs in its blocks and the stress's denominator."""
+    """The input-space side of a rank's share of the loss (no gradient): each pair's target in its
+    blocks (stress: the input distance; umap: the neighbour weight) and the loss's denominator."""
     own: slice               # this rank's rows of the global batch
-    d_own: torch.Tensor      # their distances to each other
-    off_diagonal: list       # [(row slice, column slice, their distances)]
+    d_own: torch.Tensor      # their targets with each other
+    off_diagonal: list       # [(row slice, column slice, their targets)]
     denominator: torch.Tensor
+    loss: str = "stress"
 
 
-def pair_target_pieces(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False
-                       ) -> Generator[None, None, PairTargets]:
-    """Input distances of this rank's pair blocks of the global batch all_in, one block product
-    at a time (yields after each, returns the PairTargets). The denominator, sum of d_in^2 over the
-    whole batch, is an O(N p) closed form. bf16: these products (the largest, rows x rows x p) in
-    bfloat16."""
+# umap's sigma is a quantile of the input distances among the global batch's first rows: the same
+# on every rank, whatever the split, and cheap (rows^2 of the batch's pairs).
+SIGMA_ROWS = 256
+
+
+def neighbour_scale(all_in: torch.Tensor, quantile: float, bf16: bool = False) -> torch.Tensor:
+    """sigma^2 of umap's neighbour weights: the `quantile` of the squared distances between the
+    first SIGMA_ROWS points of the global batch (pairs i != j)."""
+    x = all_in[:SIGMA_ROWS]
+    d2 = squared_distances(x, x, bf16)
+    pairs = d2[~torch.eye(len(x), dtype=torch.bool, device=x.device)]
+    k = max(1, int(round(quantile * (pairs.numel() - 1))) + 1)
+    return pairs.kthvalue(min(k, pairs.numel())).values.clamp_min(1e-30)
+
+
+def pair_target_pieces(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False,
+                       loss: str = "stress", quantile: float = 0.02) -> Generator[None, None, PairTargets]:
+    """Targets of this rank's pair blocks of the global batch all_in, one block product at a time
+    (yields after each, returns the PairTargets). stress: input distances, and the denominator, sum
+    of d_in^2 over the whole batch, an O(N p) closed form. umap: p_ij = exp(-|x_i - x_j|^2 /
+    sigma^2) (neighbour_scale), over the number of ordered pairs. bf16: these products (the
+    largest, rows x rows x p) in bfloat16."""
     all_in = all_in.detach()
     rows = all_in.shape[0] // world
     own = slice(rank * rows, (rank + 1) * rows)
+    if loss == "umap":
+        scale = -1.0 / neighbour_scale(all_in, quantile, bf16)
+        target = lambda d2: d2.mul_(scale).exp_()  # noqa: E731
+        denominator = torch.tensor(float(all_in.shape[0] * (all_in.shape[0] - 1)), device=all_in.device)
+    else:
+        target = lambda d2: d2.sqrt_()  # noqa: E731
+        denominator = total_squared_distance(all_in).clamp_min(1e-30)
     x = all_in[own]
-    d_own = (yield from squared_distance_pieces(x, x, bf16)).sqrt_()
+    d_own = (yield from squared_distance_pieces(x, x, bf16))
     d_own.fill_diagonal_(0.0)  # a point's distance to itself is 0, not the product's rounding
+    d_own = target(d_own)
     off_diagonal = []
     for r, c in pair_blocks(rank, world, rows):
-        off_diagonal.append((r, c, (yield from squared_distance_pieces(all_in[r], all_in[c], bf16)).sqrt_()))
-    return PairTargets(own, d_own, off_diagonal, total_squared_distance(all_in).clamp_min(1e-30))
+        off_diagonal.append((r, c, target((yield from squared_distance_pieces(all_in[r], all_in[c], bf16)))))
+    return PairTargets(own, d_own, off_diagonal, denominator, loss)
 
 
-def pair_targets(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False) -> PairTargets:
+def pair_targets(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16: bool = False,
+                 loss: str = "stress", quantile: float = 0.02) -> PairTargets:
     """The whole of pair_target_pieces at once."""
-    return Pieces(pair_target_pieces(all_in, rank, world, bf16)).result()
+    return Pieces(pair_target_pieces(all_in, rank, world, bf16, loss, quantile)).result()
 
 
 class PairTargetsAhead(Pieces):
@@ -190,32 +256,34 @@ class PairTargetsAhead(Pieces):
     product, so that a step can fill the time it waits for a collective with the next batch's
     work; result() does whatever is left."""
 
-    def __init__(self, next_batch: Callable[[], torch.Tensor], rank: int, world: int, bf16: bool):
+    def __init__(self, next_batch: Callable[[], torch.Tensor], rank: int, world: int, bf16: bool,
+                 loss: str = "stress", quantile: float = 0.02):
         def pieces():
             all_in = next_batch()
             yield
-            return (yield from pair_target_pieces(all_in, rank, world, bf16))
+            return (yield from pair_target_pieces(all_in, rank, world, bf16, loss, quantile))
 
         super().__init__(pieces())
         self.next_batch = next_batch
 
 
 def stress_share(out: torch.Tensor, gathered: Callable[[], torch.Tensor], targets: PairTargets) -> torch.Tensor:
-    """This rank's share of the normalised stress of the global batch; the shares of all ranks add
-    up to the stress. out: this rank's reduced vectors; gathered: returns every rank's, with their
-    gradient (distributed.all_gather_with_grad_async). The rank's own block needs out alone, so it
-    is computed before gathered() is called: the gather travels meanwhile."""
-    total = _PairSquaredError.apply(out, out, targets.d_own)
+    """This rank's share of the normalised loss (targets.loss) of the global batch; the shares of
+    all ranks add up to the loss. out: this rank's reduced vectors; gathered: returns every rank's,
+    with their gradient (distributed.all_gather_with_grad_async). The rank's own block needs out
+    alone, so it is computed before gathered() is called: the gather travels meanwhile."""
+    pair_loss = LOSSES[targets.loss]
+    total = pair_loss.apply(out, out, targets.d_own)
     if targets.off_diagonal:
         all_out = gathered()
         for r, c, d_in in targets.off_diagonal:
-            total = total + 2.0 * _PairSquaredError.apply(all_out[r], all_out[c], d_in)  # (i, j) and (j, i)
+            total = total + 2.0 * pair_loss.apply(all_out[r], all_out[c], d_in)  # (i, j) and (j, i)
     return total / targets.denominator
 
 
-def stress(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Normalised stress of one batch on one process."""
-    return stress_share(out, lambda: out, pair_targets(x))
+def stress(out: torch.Tensor, x: torch.Tensor, loss: str = "stress", quantile: float = 0.02) -> torch.Tensor:
+    """The normalised loss (stress by default) of one batch on one process."""
+    return stress_share(out, lambda: out, pair_targets(x, loss=loss, quantile=quantile))
 
 
 def per_query_average_precision(queries: torch.Tensor, query_labels: torch.Tensor,

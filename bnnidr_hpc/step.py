@@ -1,4 +1,4 @@
-"""The training step: forward, the stress of the global batch's pairs, backward, gradient
+"""The training step: forward, the loss over the global batch's pairs, backward, gradient
 averaging, optimizer step. The hot path: no host synchronisation, no allocation it can avoid.
 
 Used by: train.py, benchmarks (bench_step.py, bench_workloads.py).
@@ -41,7 +41,8 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
         current = ahead if ahead is not None and ahead.next_batch() is full_x else None
         # Whenever the step waits for a collective it works on the next batch: copies it, then
         # computes its input distances.
-        ahead = PairTargetsAhead(next_full_x, info.rank, world, bf16) if next_full_x is not None else None
+        ahead = PairTargetsAhead(next_full_x, info.rank, world, bf16, c.loss, c.neighbour_quantile) \
+            if next_full_x is not None else None
         while_waiting = ahead.work_one if ahead is not None else None
         # Without the global batch, gather it; it travels while the forward pass runs.
         gathered_x = distributed.all_gather_async(x) if full_x is None else None
@@ -53,7 +54,8 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
         if current is not None:
             targets = current.result()
         else:
-            targets = pair_targets(full_x if gathered_x is None else gathered_x(), info.rank, world, bf16)
+            targets = pair_targets(full_x if gathered_x is None else gathered_x(), info.rank, world, bf16,
+                                   c.loss, c.neighbour_quantile)
         stress = stress_share(out, gathered_out, targets)
         loss = world * stress + kl  # the gradients are averaged over ranks; the stress is their sum
         loss.backward()

@@ -19,6 +19,7 @@ from .config import (
     ACTIVATIONS,
     DEVICES,
     EMBEDDINGS,
+    LOSSES,
     NORMALIZATIONS,
     OPTIMIZERS,
     PRECISIONS,
@@ -128,6 +129,7 @@ def _check_data(c: Config) -> None:
         _fail("data.d", data.d, f"the intrinsic dimension must be smaller than data.p={data.p}")
     _non_negative("data.noise", data.noise)
     _positive("data.spread", data.spread, float)
+    _positive("data.frequency", data.frequency, float)
     if data.embedding not in EMBEDDINGS:
         _fail("data.embedding", data.embedding, f"one of {', '.join(EMBEDDINGS)}")
 
@@ -159,6 +161,10 @@ def _check_model(c: Config) -> None:
     _non_negative("bayes.kl_weight", c.bayes.kl_weight)
     if c.precision not in PRECISIONS:
         _fail("precision", c.precision, f"one of {', '.join(PRECISIONS)}")
+    if c.loss not in LOSSES:
+        _fail("loss", c.loss, f"one of {', '.join(LOSSES)}")
+    if not (isinstance(c.neighbour_quantile, float) and 0 < c.neighbour_quantile < 1):
+        _fail("neighbour_quantile", c.neighbour_quantile, "a fraction in (0, 1) of the batch's pairs")
 
 
 def _check_optimisation(c: Config) -> None:

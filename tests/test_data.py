@@ -1,4 +1,5 @@
 import torch
+from conftest import CONF
 
 from bnnidr_hpc import intrinsic
 from bnnidr_hpc.config import DataConfig
@@ -83,3 +84,22 @@ def test_streamed_epoch_matches_its_order_and_covers_each_point_once():
     # resuming mid-epoch yields the same later batches
     later = list(loader.epoch(0, start_step=3))
     assert torch.equal(later[0][0], list(loader.epoch(0))[3][0])
+
+
+def test_curved_embedding_spans_p_and_pca_to_d_plus_1_loses_ap():
+    from bnnidr_hpc.loading import load
+    from bnnidr_hpc.metrics import mean_average_precision
+
+    c = load(str(CONF / "curved_d5.yaml"), [])
+    sphere = Hypersphere(c.data, c.seed)
+    x, _ = sphere.range(0, c.data.n)
+    variances = torch.linalg.svdvals(x - x.mean(0)) ** 2
+    needed = int((variances.cumsum(0) / variances.sum() < 0.99).sum()) + 1
+    assert needed > 100  # of p = 128: the linear embedding needs d + 1 = 6
+    assert abs(x.norm(dim=1).mean().item() - 1) < 0.05
+    (qx, ql), (gx, gl) = sphere.heldout(500, 1000)
+    ap_in = mean_average_precision(qx, ql, gx, gl)
+    mean = x.mean(0)
+    components = torch.linalg.svd(x - mean, full_matrices=False).Vh[:c.output_dim].T
+    ap_pca = mean_average_precision((qx - mean) @ components, ql, (gx - mean) @ components, gl)
+    assert ap_in > 0.95 and ap_pca / ap_in < 0.9, (ap_in, ap_pca)

@@ -145,3 +145,36 @@ def test_float32_self_pairs_do_not_disturb_the_gradient():
     d_in, d_out = torch.cdist(x.double(), x.double()), torch.cdist(y64, y64)
     (g64,) = torch.autograd.grad(((d_out - d_in) ** 2).sum() / (d_in ** 2).sum(), y64)
     assert torch.allclose(g32.double(), g64, rtol=1e-3, atol=1e-6 * g64.abs().max().item())
+
+
+def test_umap_loss_and_gradient_match_the_plain_formula_and_rank_shares_add_up():
+    from bnnidr_hpc.metrics import neighbour_scale
+
+    torch.manual_seed(0)
+    x = torch.randn(36, 10, dtype=torch.float64)
+    y = torch.randn(36, 3, dtype=torch.float64, requires_grad=True)
+    sigma2 = neighbour_scale(x, 0.02)
+    d2_in = torch.cdist(x, x) ** 2
+    off = ~torch.eye(36, dtype=torch.bool)
+    # sigma^2 is the 2 % quantile of the squared distances between distinct points
+    assert sigma2.item() == pytest.approx(torch.quantile(d2_in[off], 0.02, interpolation="nearest").item(), rel=1e-6)
+
+    def plain(y):  # parametric UMAP's cross-entropy, a = b = 1, over the ordered pairs i != j
+        p = torch.exp(-d2_in / sigma2)[off]
+        q = 1 / (1 + (torch.cdist(y, y) ** 2)[off])
+        return -(p * torch.log(q) + (1 - p) * torch.log(1 - q)).sum() / off.sum()
+
+    ours = stress(y, x, loss="umap")
+    (g_ours,) = torch.autograd.grad(ours, y)
+    ref = plain(y)
+    (g_ref,) = torch.autograd.grad(ref, y)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-5, atol=1e-9)
+    for world in (2, 3, 4):
+        shares = []
+        for r in range(world):
+            targets = pair_targets(x, r, world, loss="umap")
+            shares.append(stress_share(y[targets.own], lambda: y, targets))
+        assert sum(shares).item() == pytest.approx(ref.item(), rel=1e-6)
+        (g_shares,) = torch.autograd.grad(sum(shares), y)
+        assert torch.allclose(g_shares, g_ref, rtol=1e-5, atol=1e-9)
