@@ -252,11 +252,11 @@ class Config:
     # objective over every pair of the global batch (README, "Objectives"): stress (metric MDS,
     # DeepMDS) or umap (parametric UMAP's cross-entropy of neighbour weights exp(-|x_i - x_j|^2 /
     # sigma^2), sigma^2 the neighbour_quantile of the batch's squared input distances)
-    loss: str = "stress"
+    loss: str = "umap"
     neighbour_quantile: float = 0.02
     # optimisation
     batch_size: int = 100  # per device; an epoch has n // (batch_size * world size) steps
-    max_epochs: int = 20
+    max_epochs: int = 100
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
     lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -356,8 +356,14 @@ def identity(c: Config) -> dict:
     return {k: v for k, v in flatten(to_dict(c)).items() if not k.startswith(NOT_IDENTITY) and default(k) != v}
 
 
+# Raised when a default changes what a run trains (2: loss umap and max_epochs 100, 2026-12-03):
+# the identity is the difference from the defaults, so a run directory made under the old defaults
+# would otherwise pass for a run of the new ones.
+DEFAULTS_VERSION = 2
+
+
 def config_hash(c: Config) -> str:
-    blob = json.dumps(identity(c), sort_keys=True, default=str).encode()
+    blob = json.dumps({**identity(c), "defaults_version": DEFAULTS_VERSION}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 
 

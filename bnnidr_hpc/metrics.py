@@ -154,20 +154,21 @@ class _PairSquaredError(_PairLoss):
 class _PairFuzzyCrossEntropy(_PairLoss):
     """Parametric UMAP's cross-entropy of the neighbour weights p_ij (input) and
     q_ij = 1 / (1 + D2_ij) (output): e = -[p log q + (1 - p) log(1 - q)]
-    = log(1 + D2) - (1 - p) log D2, so R = 1 / (1 + D2) - (1 - p) / D2."""
+    = log(1 + D2) - (1 - p) log D2, so R = 1 / (1 + D2) - (1 - p) / D2. The target is the
+    repulsion weight 1 - p (pair_target_pieces), computed ahead; every pass here is over a
+    rows x columns matrix, so there are as few as the formula allows."""
 
     @staticmethod
-    def forward(ctx, y, full_y, p):
-        return _PairLoss._forward(ctx, y, full_y, p, _PairFuzzyCrossEntropy.terms)
+    def forward(ctx, y, full_y, repel):
+        return _PairLoss._forward(ctx, y, full_y, repel, _PairFuzzyCrossEntropy.terms)
 
     @staticmethod
-    def terms(d2, p, needs_grad, y):
+    def terms(d2, repel, needs_grad, y):
         d2 = d2.clamp_min_(MIN_SQUARED_DISTANCE)
-        repel = 1.0 - p
-        total = torch.log1p(d2).sum() - (repel * torch.log(d2)).sum()
+        total = torch.log1p(d2).sum() - torch.dot(repel.reshape(-1), torch.log(d2).view(-1))
         if not needs_grad:
             return total, None
-        return total, torch.reciprocal(d2 + 1.0).sub_(repel.div_(d2))
+        return total, torch.add(d2, 1.0).reciprocal_().sub_(torch.div(repel, d2))
 
 
 # Output pairs closer than this (squared) are treated as this close: bounds UMAP's repulsion 1/D2.
@@ -204,7 +205,7 @@ class PairTargets(NamedTuple):
 
 # umap's sigma is a quantile of the input distances among the global batch's first rows: the same
 # on every rank, whatever the split, and cheap (rows^2 of the batch's pairs).
-SIGMA_ROWS = 256
+SIGMA_ROWS = 128
 
 
 def neighbour_scale(all_in: torch.Tensor, quantile: float, bf16: bool = False) -> torch.Tensor:
@@ -221,15 +222,15 @@ def pair_target_pieces(all_in: torch.Tensor, rank: int = 0, world: int = 1, bf16
                        loss: str = "stress", quantile: float = 0.02) -> Generator[None, None, PairTargets]:
     """Targets of this rank's pair blocks of the global batch all_in, one block product at a time
     (yields after each, returns the PairTargets). stress: input distances, and the denominator, sum
-    of d_in^2 over the whole batch, an O(N p) closed form. umap: p_ij = exp(-|x_i - x_j|^2 /
-    sigma^2) (neighbour_scale), over the number of ordered pairs. bf16: these products (the
+    of d_in^2 over the whole batch, an O(N p) closed form. umap: 1 - p_ij with p_ij = exp(-|x_i -
+    x_j|^2 / sigma^2) (neighbour_scale), over the number of ordered pairs. bf16: these products (the
     largest, rows x rows x p) in bfloat16."""
     all_in = all_in.detach()
     rows = all_in.shape[0] // world
     own = slice(rank * rows, (rank + 1) * rows)
     if loss == "umap":
         scale = -1.0 / neighbour_scale(all_in, quantile, bf16)
-        target = lambda d2: d2.mul_(scale).exp_()  # noqa: E731
+        target = lambda d2: d2.mul_(scale).exp_().neg_().add_(1.0)  # noqa: E731 - the repulsion 1 - p
         denominator = torch.tensor(float(all_in.shape[0] * (all_in.shape[0] - 1)), device=all_in.device)
     else:
         target = lambda d2: d2.sqrt_()  # noqa: E731

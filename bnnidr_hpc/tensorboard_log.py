@@ -16,7 +16,7 @@ import torch
 
 from . import records
 
-SCALARS = {"loss/train": "loss", "loss/stress": "stress", "loss/kl": "kl", "ap/reduced": "ap",
+SCALARS = {"loss/train": "loss", "loss/data": "data_loss", "loss/kl": "kl", "ap/reduced": "ap",
            "ap/retention": "ap_retention", "perf/samples_per_s": "samples_per_s",
            "perf/epoch_seconds": "epoch_seconds"}
 

@@ -271,7 +271,7 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
     return {
         "epoch": epoch + 1,
         "loss": (stress_total + kl_total) / steps,
-        "stress": stress_total / steps,
+        "data_loss": stress_total / steps,  # the objective's term (config loss), without the KL
         "kl": kl_total / steps,
         **scores,
         "lr": lrs,

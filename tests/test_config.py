@@ -67,15 +67,16 @@ def test_run_dir_hash_ignores_run_group_only():
 # The run directories of the shipped configs. A change here re-keys users' existing runs (no resume,
 # no dedupe): only a change of what a config trains may change them.
 GOLDEN_RUN_DIRS = {
-    "bnnidr_00047.yaml": "bnnidr_00047-a8f4e492",
-    "hps_00040.yaml": "hps_00040-afb736dd",
-    "hps_00043.yaml": "hps_00043-03059114",
-    "imagenet_scale.yaml": "imagenet_scale-78a8eba1",
-    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-a8f4e492",
-    "sweep_hps_00040.yaml": "sweep_hps_00040-afb736dd",
-    "sweep_hps_00043.yaml": "sweep_hps_00043-03059114",
-    "sweep_hps_00045.yaml": "sweep_hps_00045-a3c35f50",
-    None: "default-44136fa3",
+    "bnnidr_00047.yaml": "bnnidr_00047-0a56f457",
+    "curved_d5.yaml": "curved_d5-709347dd",
+    "hps_00040.yaml": "hps_00040-14030c65",
+    "hps_00043.yaml": "hps_00043-a7855671",
+    "imagenet_scale.yaml": "imagenet_scale-bff934df",
+    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-0a56f457",
+    "sweep_hps_00040.yaml": "sweep_hps_00040-14030c65",
+    "sweep_hps_00043.yaml": "sweep_hps_00043-a7855671",
+    "sweep_hps_00045.yaml": "sweep_hps_00045-2247461c",
+    None: "default-7dab0f64",
 }
 
 
@@ -92,7 +93,7 @@ def test_run_identity_is_the_difference_from_the_defaults():
     # a value given at its default (as a key added to the schema later would be) changes nothing
     assert run_dir_for(load(None, ["data.noise=0.0", "eval.every=1", "optimizers.0.momentum=0.9"])) == \
         run_dir_for(load(None, []))
-    assert identity(load(str(CONF / "hps_00040.yaml"), [])) == {"batch_size": 50}
+    assert identity(load(str(CONF / "hps_00040.yaml"), [])) == {"batch_size": 50, "max_epochs": 20}
     # each optimizer is compared with the default optimizer, key by key
     two = load(None, ["optimizers=[{name:sgd,params:'hidden.*'},{name:adam,params:'output.*',lr:1e-3}]"])
     assert identity(two) == {"optimizers.0.name": "sgd", "optimizers.0.params": "hidden.*",

@@ -62,7 +62,7 @@ def test_tensorboard_holds_scalars_hparams_and_graph_for_bayesian_skip_model(tin
     rd = run_dir_for(c)
     rec = train(c, rd)
     assert rec["epochs"][-1]["kl"] > 0  # the KL term is part of the Bayesian loss
-    assert rec["final_loss"] == pytest.approx(rec["epochs"][-1]["stress"] + rec["epochs"][-1]["kl"])
+    assert rec["final_loss"] == pytest.approx(rec["epochs"][-1]["data_loss"] + rec["epochs"][-1]["kl"])
     acc = EventAccumulator(str(rd / "tb")).Reload()
     tags = acc.Tags()["scalars"]
     for tag in ("loss/train", "loss/kl", "ap/reduced", "ap/retention", "lr/optimizer0", "perf/samples_per_s",
