@@ -135,6 +135,21 @@ class Watchdog:
         except Exception:  # noqa: BLE001 - the store may be gone with rank 0; nothing to tell then
             pass
 
+    def peer_error(self, wait_s: float = 5.0) -> Optional[str]:
+        """Why another rank failed, if it said so (post_error) within wait_s: a collective that
+        broke because that rank exited should be reported as that rank's failure."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                for r in range(self.info.world_size):
+                    if r != self.info.rank and self.store.check([self._key("error", r)]):
+                        return f"rank {r} on {self._host(r)} failed: {self.store.get(self._key('error', r)).decode()}"
+            except Exception:  # noqa: BLE001 - the store went with rank 0
+                return None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
     def stop(self) -> None:
         """This rank ends normally: the others stop watching it."""
         self._stop.set()
