@@ -119,6 +119,9 @@ def main():
         calls[f"toolkit {precision}"], points = toolkit_step(c, device)
         calls[f"roofline {precision}"], flops[precision] = roofline(c, c.batch_size, device)
     calls["reference"] = reference_step(configs["fp32"], points)
+    # The other objective and the Bayesian model, at the default precision: no regression unseen.
+    calls["toolkit fp32 loss=stress"] = toolkit_step(load(None, base + ["loss=stress"]), device)[0]
+    calls["toolkit fp32 bayesian"] = toolkit_step(load(None, base + ["bayesian=true"]), device)[0]
     seconds = interleaved_seconds(calls, device, rounds, iters)
 
     batch = configs["fp32"].batch_size
@@ -136,6 +139,11 @@ def main():
         report.add(f"roofline (same matmuls), {precision}", ceiling / 1e9, "GFLOP/s")
         report.add(f"model FLOP utilisation, {precision}", achieved / ceiling, "",
                    f">= {utilisation:g}" if targeted else None, achieved / ceiling >= utilisation if targeted else None)
+    default = batch / seconds["toolkit fp32"]
+    for variant in ("loss=stress", "bayesian"):
+        rate = batch / seconds[f"toolkit fp32 {variant}"]
+        report.add(f"toolkit step, fp32, {variant}", rate, "samples/s")
+        report.add(f"  {variant} / the default step", rate / default, "x")
     report.finish()
 
 

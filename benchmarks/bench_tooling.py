@@ -6,6 +6,7 @@ time from `bnnidr-hpc submit` on the local Slurm cluster to the job's first trai
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,32 @@ def submit_to_first_step(root: str):
     raise RuntimeError("the job did not reach its first step within 300 s")
 
 
+def sweep_to_last_record(root: str):
+    """A sweep of 12 small runs on the local cluster (hps_00040 at 4 batch sizes x 1/2/4 GPUs):
+    (seconds from submit to the last record's end, the records), or None without Slurm."""
+    from bnnidr_hpc.submit import slurm_available
+
+    if slurm_available():
+        return None
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "bnnidr_hpc.cli", "submit", str(REPO / "conf" / "sweep_hps_00040.yaml"),
+                    "cluster=local", f"run.root={root}", "run.progress=false", "batch_size=25,50,100,200"],
+                   check=True, capture_output=True)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        records = []
+        for path in Path(root).glob("*/*/record.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except ValueError:
+                pass
+        ended = [r for r in records if r.get("status") in ("completed", "failed", "diverged")]
+        if len(ended) == 12:
+            return max(r["updated_at"] for r in ended) - started, ended
+        time.sleep(0.5)
+    raise RuntimeError("the 12-run sweep did not end within 900 s")
+
+
 def main():
     quick = quick_flag()
     report = Report("tooling", quick)
@@ -79,6 +106,14 @@ def main():
             print("no local Slurm cluster (bash slurm/start.sh): submit latency not measured", file=sys.stderr)
         else:
             report.add("bnnidr-hpc submit -> first training step (local Slurm)", latency, "s", "<= 15", latency <= 15)
+            seconds, recs = sweep_to_last_record(os.path.join(root, "sweep"))
+            report.add("12-run sweep (hps_00040, 4 batch sizes x 1/2/4 GPUs): submit -> last record", seconds, "s")
+            report.add("  runs completed", sum(r["status"] == "completed" for r in recs), "of 12")
+            report.add("  per run: process start -> first step (median)",
+                       statistics.median(r["time_to_first_step_s"] for r in recs), "s")
+            report.add("  per run: process start -> record (median)",
+                       statistics.median(r["total_seconds"] for r in recs), "s")
+            report.add("  per run: training epochs (median)", statistics.median(r["train_seconds"] for r in recs), "s")
     report.finish()
 
 

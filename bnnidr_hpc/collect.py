@@ -351,11 +351,30 @@ def _list_apart(not_done: List[dict], left: List[Tuple[str, str]], file) -> None
         _say(f"  completed, left out: {run_dir}: {why}", file)
 
 
+def _output_dim_view(recs: List[dict], fmt: str) -> int:
+    from . import output_dim_view as view
+
+    found = view.groups([r for r in recs if left_out(r) is None], _group_key)
+    if fmt == "json":
+        print(json.dumps(json.loads(json.dumps(found), parse_constant=lambda _: None), indent=1, allow_nan=False))
+        return 0
+    for group in found:
+        if fmt == "csv":
+            sys.stdout.write(to_csv(group["rows"], view.COLUMNS))
+            continue
+        print(f"\n{group['label']}\n")
+        print(markdown(group["rows"], view.COLUMNS, view.HEADERS))
+        print(f"\n{view.summary(group)}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="collect", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for record.json)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     parser.add_argument("--plot", metavar="FILE.png", help="runtime and efficiency against GPU count")
+    parser.add_argument("--view", choices=("scaling", "output_dim"), default="scaling",
+                        help="output_dim: AP retention against output_dim, reducer beside PCA (a sweep of it)")
     ns = parser.parse_args(argv)
 
     got = collect(ns.dirs)
@@ -366,6 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not (got.done or got.other or got.left_out):
         _say(f"collect: no readable record under {' '.join(ns.dirs)}")
         return 1
+    if ns.view == "output_dim":
+        return _output_dim_view(got.done, ns.format)
     rows, weak = strong_scaling(got.done), weak_scaling(got.done)
     not_done = [{"run_dir": r.get("run_dir"), "status": r.get("status"), "epochs_done": r.get("epochs_done"),
                  "max_epochs": r.get("max_epochs"), "error": r.get("error")} for r in got.other]

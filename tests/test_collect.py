@@ -275,3 +275,27 @@ def test_json_is_strict_json(tmp_path, capsys):
     assert (two["gpu"], two["speedup"], two["efficiency"]) == (2, None, None)
     assert data["left_out"] == [{"run_dir": str(left), "why": "steady_epoch_seconds=NaN: not a positive finite number"}]
     assert data["not_completed"][0]["max_epochs"] is None
+
+
+def test_output_dim_view_sets_reducer_beside_pca_and_marks_the_knee(tiny, capsys):
+    from bnnidr_hpc.config import run_dir_for
+    from bnnidr_hpc.job import run_local
+
+    dirs = []
+    for k in (2, 4, 6):  # the tiny sphere is S^3: PCA to d + 1 = 4 keeps every distance
+        c = tiny(f"output_dim={k}")
+        run_local(c, run_dir_for(c))
+        dirs.append(run_dir_for(c))
+    assert main([str(dirs[0].parent), "--view", "output_dim", "--format", "json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)
+    rows = group["rows"]
+    assert [r["output_dim"] for r in rows] == [2, 4, 6]
+    assert rows[1]["pca_retention"] == pytest.approx(1.0, abs=1e-5) == rows[2]["pca_retention"]
+    for key, knee in (("ap_retention", "knee"), ("pca_retention", "pca_knee")):
+        assert group[knee] == next((r["output_dim"] for r in rows if r[key] >= 0.95), None)
+    recorded = [json.loads((d / "record.json").read_text()) for d in dirs]
+    assert [r["ap"] for r in rows] == [rec["ap_out"] for rec in recorded]
+    assert group["twonn"] == pytest.approx(recorded[0]["intrinsic_dim"]["gallery_input"]["dimension"])
+    assert main([str(dirs[0].parent), "--view", "output_dim"]) == 0
+    out = capsys.readouterr().out
+    assert "| output_dim |" in out and f"PCA {group['pca_knee']}" in out and "TwoNN of the input" in out

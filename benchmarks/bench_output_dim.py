@@ -1,0 +1,67 @@
+"""How small can the output be? output_dim sweeps of the default reducer and of PCA on spheres of
+known intrinsic dimension (linear and curved, d = 5, 10, 20) and on scikit-learn's digits, read
+with collect's output_dim view: the smallest output_dim keeping >= 0.95 of the input AP (the
+knee), beside TwoNN's estimate of the input's intrinsic dimension.
+
+  python benchmarks/bench_output_dim.py [--quick]      # --quick: d = 5 and digits only
+
+Spheres: n = 4000, p = 128; linear: 10 categories, spread 0.35 (the schema's); curved:
+conf/curved_d5.yaml with data.d set (100 categories, spread 0.1, frequency 6). Every other key at
+its default. A sphere S^d needs d + 1 coordinates to keep its distances.
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_method import digits_files
+from common import RESULTS, machine, quick_flag
+
+from bnnidr_hpc import output_dim_view
+from bnnidr_hpc.collect import _group_key
+from bnnidr_hpc.config import run_dir_for
+from bnnidr_hpc.loading import load
+from bnnidr_hpc.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = [2, 3, 4, 6, 8, 11, 16, 21, 32]
+QUIET = ["run.progress=false", "run.graph=false"]
+
+
+def sweep(name: str, config, overrides: list, root: Path) -> dict:
+    recs = []
+    for k in SIZES:
+        c = load(config, overrides + QUIET + [f"output_dim={k}", f"run.root={root / name}"])
+        recs.append(train(c, run_dir_for(c)))
+    (group,) = output_dim_view.groups(recs, _group_key)
+    print(f"\n{name}: {output_dim_view.summary(group)}", flush=True)
+    return group
+
+
+def main():
+    quick = quick_flag()
+    ds = (5,) if quick else (5, 10, 20)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for d in ds:
+            results[f"linear d={d}"] = sweep(f"linear-d{d}", None, ["data.n=4000", f"data.d={d}"], tmp)
+            results[f"curved d={d}"] = sweep(f"curved-d{d}", str(REPO / "conf" / "curved_d5.yaml"),
+                                             [f"data.d={d}"], tmp)
+        results["digits"] = sweep("digits", None, [o for o in digits_files(tmp) if not o.startswith("output_dim")],
+                                  tmp)
+    print(f"\n== output_dim knees ({'quick' if quick else 'full'}) on {machine()}")
+    print("| data | TwoNN of the input | reducer knee | PCA knee |\n|---|---|---|---|")
+    for name, g in results.items():
+        twonn = f"{g['twonn']:.1f}" if g["twonn"] is not None else "-"
+        print(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['pca_knee'] or '> 32'} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "output_dim.json").write_text(json.dumps({"benchmark": "output_dim", "quick": quick,
+                                                         "machine": machine(), "rows": [], "groups": results},
+                                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
