@@ -293,10 +293,14 @@ def test_every_record_holds_pca_and_random_baselines_with_standard_errors(tiny):
                                      ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
                                      ("adam", {"weight_decay": 0.01}), ("adamw", {"weight_decay": 0.1}),
                                      ("adamw", {"betas": [0.8, 0.99]})])
-def test_each_optimizer_rule_steps_exactly_as_torch_optim(name, kw):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "foreach ops"])
+def test_each_optimizer_rule_steps_exactly_as_torch_optim(name, kw, fused, monkeypatch):
+    from bnnidr_hpc import optim
     from bnnidr_hpc.config import OptimizerConfig
     from bnnidr_hpc.model import ModelSpec
 
+    if not fused:
+        monkeypatch.setattr(optim, "_fused", lambda params: False)
     oc = OptimizerConfig(name=name, lr=0.01, **{"weight_decay": 0.0, **kw})
     torch.manual_seed(0)
     ours_model = Reducer(ModelSpec(16, (12,), ("relu",), 4))
