@@ -150,7 +150,11 @@ class BayesConfig:
     Args:
         prior_sigma: prior standard deviation.
         init_sigma: initial posterior standard deviation.
-        kl_weight: multiplies KL / n_train in the loss (1 = the per-sample ELBO).
+        kl_weight: multiplies KL / (n (n - 1)) in the loss. The objective is a mean over the
+            batch's ordered pairs, and the training set has n (n - 1) of them: with 1, the loss is
+            the negative ELBO per pair, exactly so for umap (a Bernoulli likelihood of every pair's
+            neighbour weight); for stress, a Gaussian likelihood of the distance residuals whose
+            variance is half the mean squared input distance (README, "Bayesian mode").
     """
 
     prior_sigma: float = 1.0

@@ -309,6 +309,9 @@ def update_record(record: dict, state: "TrainState", status: str, session_starte
         "samples_per_s": samples_per_s,
         "samples_per_s_per_gpu": None if samples_per_s is None else samples_per_s / record["world_size"],
         "final_loss": history[-1]["loss"] if history else None,
+        # its two terms: the objective's (config loss) and, for a Bayesian model, the KL term
+        "final_data_loss": history[-1].get("data_loss") if history else None,
+        "final_kl": history[-1]["kl"] if history else None,
         "ap_in": state.ap_in,
         "ap_in_se": (state.reference or {}).get("ap_in_se"),
         "ap_out": last_ap["ap"] if last_ap else None,

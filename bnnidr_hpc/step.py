@@ -27,7 +27,7 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
     collectives, and uses them in the next call."""
     world = info.world_size
     averager = averager or distributed.GradientAverager(model)
-    kl_scale = c.bayes.kl_weight / c.data.n if c.bayesian else 0.0
+    kl_scale = c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
     zero = torch.zeros((), device=next(model.parameters()).device)
     bf16 = c.precision == "bf16"
     device_type = zero.device.type

@@ -62,7 +62,10 @@ def test_tensorboard_holds_scalars_hparams_and_graph_for_bayesian_skip_model(tin
     rd = run_dir_for(c)
     rec = train(c, rd)
     assert rec["epochs"][-1]["kl"] > 0  # the KL term is part of the Bayesian loss
-    assert rec["final_loss"] == pytest.approx(rec["epochs"][-1]["data_loss"] + rec["epochs"][-1]["kl"])
+    assert rec["final_loss"] == pytest.approx(rec["final_data_loss"] + rec["final_kl"])
+    assert (rec["final_data_loss"], rec["final_kl"]) == (rec["epochs"][-1]["data_loss"], rec["epochs"][-1]["kl"])
+    # KL / (n (n - 1)) per pair: the KL term is the same order as the data term, not 10^4 times it
+    assert 1e-3 < rec["final_kl"] / rec["final_data_loss"] < 1e3
     acc = EventAccumulator(str(rd / "tb")).Reload()
     tags = acc.Tags()["scalars"]
     for tag in ("loss/train", "loss/kl", "ap/reduced", "ap/retention", "lr/optimizer0", "perf/samples_per_s",
