@@ -48,6 +48,17 @@ class _Rule:
         live = [(p, p.grad) for p in self.params if p.grad is not None]
         return [p for p, _ in live], [g for _, g in live]
 
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of the parameters that have a gradient, with their state buffers."""
+        params, grads = self._grads()
+        if not params:
+            return
+        keep = None if len(params) == len(self.params) else [self.params.index(p) for p in params]
+        buffers = {name: values if keep is None or not values else [values[i] for i in keep]
+                   for name, values in self._buffers().items()}
+        self._update(params, grads, buffers, self.param_groups[0])
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
@@ -71,15 +82,8 @@ class SGD(_Rule):
     def _buffers(self) -> dict:
         return {"velocity": self.velocity}
 
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        params, grads = self._grads()
-        if not params:
-            return
-        velocity = self.velocity
-        if self.momentum and len(params) < len(self.params):  # some parameters got no gradient
-            velocity = [self.velocity[self.params.index(p)] for p in params]
+    def _update(self, params, grads, buffers, group) -> None:
+        velocity = buffers["velocity"]
         if _fused(params):
             torch._fused_sgd_(params, grads, velocity if self.momentum else [], weight_decay=group["weight_decay"],
                               momentum=self.momentum, lr=group["lr"], dampening=0.0, nesterov=self.nesterov,
@@ -113,15 +117,8 @@ class Adam(_Rule):
     def _buffers(self) -> dict:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        params, grads = self._grads()
-        if not params:
-            return
-        index = [self.params.index(p) for p in params] if len(params) < len(self.params) else None
-        exp_avg = self.exp_avg if index is None else [self.exp_avg[i] for i in index]
-        exp_avg_sq = self.exp_avg_sq if index is None else [self.exp_avg_sq[i] for i in index]
+    def _update(self, params, grads, buffers, group) -> None:
+        exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
         lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], self.betas
         self.steps += 1
         if _fused(params):
