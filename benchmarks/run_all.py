@@ -1,6 +1,6 @@
 """Every benchmark, each in its own process, then one table of every figure beside its target.
 
-  python benchmarks/run_all.py --quick      # about 2 minutes on a 2-core CPU
+  python benchmarks/run_all.py --quick      # about 10 minutes on a 2-core CPU
   python benchmarks/run_all.py              # longer runs, a whole ImageNet-scale epoch
 
 Results: benchmarks/results/*.json (BNNIDR_BENCH_OUT moves them). The tooling benchmark also
@@ -16,8 +16,8 @@ from pathlib import Path
 from common import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_step", "bench_workloads", "bench_data", "bench_distributed", "bench_tooling", "bench_method",
-              "bench_npy"]
+BENCHMARKS = ["bench_step", "bench_workloads", "bench_whole", "bench_data", "bench_distributed", "bench_tooling",
+              "bench_method", "bench_bayes", "bench_npy"]
 
 
 def main():
