@@ -116,7 +116,10 @@ def _failure_line(exc, run_dir: Path) -> str:
     rank = getattr(exc, "error_index", "?")
     lines = [line for line in str(getattr(exc, "msg", exc)).splitlines() if line.strip()]
     if isinstance(exc, mp.ProcessRaisedException) and lines:
-        return f"rank {rank}: {lines[-1].strip()}"
+        last = lines[-1].strip()
+        if "PeerFailed: " in last:  # this rank only saw another one fail: that one's line
+            return last.split("PeerFailed: ", 1)[1]
+        return f"rank {rank}: {last}"
     record = records.read_record(run_dir) or {}
     if record.get("status") == records.FAILED and record.get("error"):
         return record["error"]

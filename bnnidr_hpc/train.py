@@ -35,6 +35,10 @@ from .step import make_step
 STOP_CHECK_EVERY = 16
 
 
+class PeerFailed(RuntimeError):
+    """Another rank failed (str(): which, where and why); this one's collective broke with it."""
+
+
 class Diverged(Exception):
     """The loss became non-finite or blew up; str() is the reason, one line."""
 
@@ -78,13 +82,15 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit, ConfigError)):  # bad input is not the run's end
             line = one_line(exc)
-            if watchdog is not None and _broken_collective(exc):
-                # A peer that failed and exited breaks the collective here first: its reason is the run's.
-                line = watchdog.peer_error() or line
-            elif watchdog is not None:
+            peer = watchdog.peer_error() if watchdog is not None and _broken_collective(exc) else None
+            if watchdog is not None and peer is None:
                 watchdog.post_error(line)
             if info.is_main:
-                record_failure(c, run_dir, line)
+                record_failure(c, run_dir, peer or line)
+            if peer is not None:
+                # A peer that failed and exited broke the collective here first: its reason is the run's.
+                distributed.shutdown(together=False)
+                raise PeerFailed(peer) from None
         distributed.shutdown(together=False)
         raise
     if watchdog is not None:

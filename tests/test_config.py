@@ -76,6 +76,7 @@ GOLDEN_RUN_DIRS = {
     "sweep_hps_00040.yaml": "sweep_hps_00040-14030c65",
     "sweep_hps_00043.yaml": "sweep_hps_00043-a7855671",
     "sweep_hps_00045.yaml": "sweep_hps_00045-2247461c",
+    "sweep_output_dim.yaml": "sweep_output_dim-709347dd",
     None: "default-7dab0f64",
 }
 
