@@ -37,7 +37,10 @@ class _Rule:
     this 2-core machine's 2.5 s from process start to the first step (#17); its step does too.
     Where PyTorch has them (CPU, CUDA), the step is torch.optim's own fused kernel (one pass over
     every parameter: 0.09 instead of 0.27 ms for hps_00043's model); else _foreach ops.
-    tests/test_train.py checks every rule against torch.optim step by step."""
+    tests/test_train.py checks every rule against torch.optim step by step. One difference: the
+    step count (Adam's bias correction, SGD's first step) is the optimizer's, not each parameter's,
+    which is the same wherever every parameter gets a gradient at every step, as in the Reducer;
+    a parameter without a gradient is skipped, as torch.optim skips it."""
 
     def __init__(self, params: list, lr: float, weight_decay: float):
         self.params = params
