@@ -177,15 +177,8 @@ def _row(group: str, world: int, runs: List[dict], base: Optional[float]) -> dic
             "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),
             "samples_per_s_per_gpu": med("samples_per_s_per_gpu"), "speedup": speedup,
             "efficiency": _ratio(speedup, world), "final_loss": med("final_loss"), "ap": med("ap_out"),
-            "ap_pca": _median(_pca_ap(r) for r in runs), "ap_retention": med("ap_retention")}
+            "ap_pca": _median(records.baseline(r, "pca") for r in runs), "ap_retention": med("ap_retention")}
 
-
-def _pca_ap(rec: dict) -> Optional[float]:
-    """The PCA baseline's AP at the run's output_dim, where the record holds a usable one."""
-    pca = rec.get("baselines")
-    pca = pca.get("pca") if isinstance(pca, dict) else None
-    ap = pca.get("ap") if isinstance(pca, dict) else None
-    return ap if _finite(ap) else None
 
 
 def strong_scaling(recs: List[dict]) -> List[dict]:

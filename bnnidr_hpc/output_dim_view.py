@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
+from . import records
+
 KEEP = 0.95
 COLUMNS = ["output_dim", "runs", "ap", "ap_se", "ap_retention", "knn_recall", "pca_ap", "pca_retention",
            "random_ap"]
@@ -25,12 +27,6 @@ HEADERS = {"output_dim": "output_dim", "runs": "runs", "ap": "AP", "ap_se": "± 
 
 def _number(value) -> Optional[float]:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else None
-
-
-def _baseline(rec: dict, name: str, key: str) -> Optional[float]:
-    baselines = rec.get("baselines")
-    scores = baselines.get(name) if isinstance(baselines, dict) else None
-    return _number(scores.get(key)) if isinstance(scores, dict) else None
 
 
 def _twonn(rec: dict) -> Optional[float]:
@@ -69,9 +65,9 @@ def groups(recs: List[dict], group_key) -> List[dict]:
                 "ap_se": _mean(_number(r.get("ap_out_se")) for r in runs),
                 "ap_retention": _mean(_number(r.get("ap_retention")) for r in runs),
                 "knn_recall": _mean(_number(r.get("knn_recall")) for r in runs),
-                "pca_ap": _mean(_baseline(r, "pca", "ap") for r in runs),
-                "pca_retention": _mean(_baseline(r, "pca", "ap_retention") for r in runs),
-                "random_ap": _mean(_baseline(r, "random", "ap") for r in runs),
+                "pca_ap": _mean(records.baseline(r, "pca") for r in runs),
+                "pca_retention": _mean(records.baseline(r, "pca", "ap_retention") for r in runs),
+                "random_ap": _mean(records.baseline(r, "random") for r in runs),
             })
         config = json.loads(key)
         data = config.get("data") if isinstance(config.get("data"), dict) else {}

@@ -349,6 +349,17 @@ def flatten(d: dict, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def baseline(record: dict, name: str, key: str = "ap") -> Optional[float]:
+    """A baseline's figure (name: pca or random; key: ap, ap_se, ap_retention, knn_recall) from a
+    record, None where the record holds no usable (finite) number there."""
+    scores = record.get("baselines")
+    scores = scores.get(name) if isinstance(scores, dict) else None
+    value = scores.get(key) if isinstance(scores, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def fmt(value, spec: str = ".4f") -> str:
     """A record's value for a table: '-' where there is none."""
     return "-" if value is None else format(value, spec)

@@ -115,18 +115,11 @@ def run_status(run_dir: Path) -> dict:
         "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
         "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
         "loss": rec.get("final_loss"), "ap": rec.get("ap_out"), "ap_retention": rec.get("ap_retention"),
-        "ap_pca": _pca_ap(rec),
+        "ap_pca": records.baseline(rec, "pca"),
         "samples_per_s": (rec.get("epochs") or [{}])[-1].get("samples_per_s"),
         "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
         "restarts": restarts, "detail": detail, "submitted": bool(job),
     }
-
-
-def _pca_ap(rec: dict):
-    baselines = rec.get("baselines")
-    pca = baselines.get("pca") if isinstance(baselines, dict) else None
-    ap = pca.get("ap") if isinstance(pca, dict) else None
-    return ap if isinstance(ap, float) else None
 
 
 def status_table(rows: List[dict]) -> List[str]:

@@ -375,15 +375,12 @@ def _progress_bar(c: Config, main: bool, start_epoch: int):
 
 
 def _show_progress(s: _Session, entry: dict) -> None:
+    ap, pca = records.fmt(entry["ap"], ".3f"), records.fmt(records.baseline(s.record, "pca"), ".3f")
     if s.progress is not None:
         s.progress.update(1)
-        s.progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=records.fmt(entry["ap"], ".3f"),
-                               pca=records.fmt(_pca_ap(s), ".3f"), samples_per_s=f"{entry['samples_per_s']:.0f}")
+        s.progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=ap, pca=pca,
+                               samples_per_s=f"{entry['samples_per_s']:.0f}")
     elif s.info.is_main and s.c.run.progress:  # not a terminal (a Slurm log): one plain line per epoch
-        print(f"epoch {entry['epoch']}/{s.c.max_epochs} loss {entry['loss']:.4f} AP {records.fmt(entry['ap'], '.3f')} "
-              f"(PCA {records.fmt(_pca_ap(s), '.3f')}) {entry['samples_per_s']:.0f} samples/s "
-              f"{entry['epoch_seconds']:.2f} s", flush=True)
+        print(f"epoch {entry['epoch']}/{s.c.max_epochs} loss {entry['loss']:.4f} AP {ap} (PCA {pca}) "
+              f"{entry['samples_per_s']:.0f} samples/s {entry['epoch_seconds']:.2f} s", flush=True)
 
-
-def _pca_ap(s: _Session):
-    return (s.record.get("baselines") or {}).get("pca", {}).get("ap")
