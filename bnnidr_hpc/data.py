@@ -199,9 +199,7 @@ class NpyFeatures:
     def sample(self, count: int) -> torch.Tensor:
         """count training rows spread evenly over the files (a file sorted by class would make
         its first rows a few classes only)."""
-        n = len(self.train_rows)
-        positions = np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
-        return self.rows(torch.from_numpy(positions))[0]
+        return self.rows(torch.from_numpy(features.evenly_spaced(len(self.train_rows), count)))[0]
 
 
 class ShardLoader:

@@ -1,8 +1,8 @@
 """A user's own feature vectors: N x p .npy files (one, a list, or a glob of shards), memory-mapped.
 
-Used by: loading.py (`derive`: p, n and the evaluation sizes come from the files), validation.py
-(`check`: every file problem is one line before anything is created), data.py (`NpyFeatures`,
-the data source of data.source=npy), reduce.py (`Shards`, `normalizer`).
+Used by: loading.py (`derive`: p, n and the evaluation sizes come from the files, and every file
+problem is one line before anything is created), data.py (`NpyFeatures`, the data source of
+data.source=npy), reduce.py (`Shards`, `normalizer`).
 
 Rows: the shards are read as one table, file after file. `data.heldout` rows, drawn from the seed,
 are set aside for evaluation (never trained on): the first eval.queries of them are the queries,
@@ -111,11 +111,12 @@ class Shards:
             lo, hi = bounds[i], bounds[i + 1]
             if lo < hi:
                 local = rows[lo:hi] - self.starts[i]
+                mapped = self._map(i)
                 if local[-1] - local[0] == hi - lo - 1:  # a contiguous run: a slice, no index copy
-                    out[lo:hi] = self._map(i)[local[0]:local[-1] + 1]
+                    out[lo:hi] = mapped[local[0]:local[-1] + 1]
                 else:
-                    out[lo:hi] = self._map(i)[local]
-                self._read[i] += (hi - lo) * self.p * self._map(i).itemsize
+                    out[lo:hi] = mapped[local]
+                self._read[i] += (hi - lo) * self.row_bytes[i]
         return out
 
     def advise(self, rows: np.ndarray) -> None:
@@ -140,12 +141,14 @@ class Shards:
             a, b = max(lo, self.starts[i]), min(hi, self.starts[i + 1])
             if a < b:
                 parts.append(np.array(self._map(i)[a - self.starts[i]:b - self.starts[i]]))
-                self._read[i] += (b - a) * self.p * parts[-1].itemsize
+                self._read[i] += (b - a) * self.row_bytes[i]
         return parts[0] if len(parts) == 1 else np.concatenate([p.astype(np.float32) for p in parts])
 
-    def spread_rows(self, count: int) -> np.ndarray:
-        """count evenly spaced row indices (all rows when there are fewer)."""
-        return np.unique(np.linspace(0, self.n - 1, num=min(count, self.n)).round().astype(np.int64))
+
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """count evenly spaced indices into n rows (all of them when there are fewer), ascending: a
+    sample of a file that may be sorted by class, without randomness."""
+    return np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
 
 
 def read_labels(paths: Sequence[Path], rows: int, key: str = "data.labels") -> np.ndarray:
@@ -165,7 +168,7 @@ def read_labels(paths: Sequence[Path], rows: int, key: str = "data.labels") -> n
 
 
 def check_finite(shards: Shards, key: str = "data.path") -> None:
-    sample = shards.spread_rows(FINITE_CHECK_ROWS)
+    sample = evenly_spaced(shards.n, FINITE_CHECK_ROWS)
     bad = ~np.isfinite(shards.read(sample)).all(axis=1)
     if bad.any():
         raise ConfigError(f"config: {key}: row {int(sample[bad][0])} holds NaN or inf (found in a sample of "
@@ -248,8 +251,7 @@ def normalization_stats(mode: str, shards: Shards, train_rows: np.ndarray) -> di
     (float64 sums); l2 and none need none."""
     if mode != "standardize":
         return {}
-    pick = train_rows[np.unique(np.linspace(0, len(train_rows) - 1, num=min(STATS_ROWS, len(train_rows)))
-                                .round().astype(np.int64))]
+    pick = train_rows[evenly_spaced(len(train_rows), STATS_ROWS)]
     total = np.zeros(shards.p)
     squares = np.zeros(shards.p)
     for lo in range(0, len(pick), 8192):
