@@ -46,6 +46,7 @@ class _Rule:
         self.params = params
         self.param_groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
         self.steps = 0
+        self.fused = _fused(params)  # decided once: parameters keep their device and dtype
 
     def _grads(self):
         live = [(p, p.grad) for p in self.params if p.grad is not None]
@@ -87,7 +88,7 @@ class SGD(_Rule):
 
     def _update(self, params, grads, buffers, group) -> None:
         velocity = buffers["velocity"]
-        if _fused(params):
+        if self.fused:
             torch._fused_sgd_(params, grads, velocity if self.momentum else [], weight_decay=group["weight_decay"],
                               momentum=self.momentum, lr=group["lr"], dampening=0.0, nesterov=self.nesterov,
                               maximize=False, is_first_step=self.steps == 0)
@@ -124,7 +125,7 @@ class Adam(_Rule):
         exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
         lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], self.betas
         self.steps += 1
-        if _fused(params):
+        if self.fused:
             steps = [torch.full((), float(self.steps), device=p.device) for p in params]
             kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
             kernel(params, grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
