@@ -33,48 +33,48 @@ def fake_record(i: int) -> dict:
             "final_loss": 0.01, "ap_out": 0.95, "ap_retention": 0.99}
 
 
+def _submit(config: str, root: str, *overrides) -> float:
+    """`bnnidr-hpc submit` on the local cluster; when it was started."""
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "bnnidr_hpc.cli", "submit", str(REPO / "conf" / config), "cluster=local",
+                    f"run.root={root}", "run.progress=false", *overrides], check=True, capture_output=True)
+    return started
+
+
+def _records(root: str, pattern: str) -> list:
+    """The readable records under root (a record being written may not parse yet)."""
+    found = []
+    for path in Path(root).glob(pattern):
+        try:
+            found.append(json.loads(path.read_text()))
+        except ValueError:
+            pass
+    return found
+
+
 def submit_to_first_step(root: str):
+    """Seconds from `submit` to the job's first training step, or None without Slurm."""
     from bnnidr_hpc.submit import slurm_available
 
     if slurm_available():
         return None
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "bnnidr_hpc.cli", "submit", str(REPO / "conf" / "hps_00040.yaml"),
-                    "cluster=local", f"run.root={root}", "run.progress=false", "max_epochs=2"],
-                   check=True, capture_output=True)
+    started = _submit("hps_00040.yaml", root, "max_epochs=2")
     deadline = time.time() + 300
     while time.time() < deadline:
-        for record in Path(root).glob("hps_00040-*/record.json"):
-            try:
-                first = json.loads(record.read_text()).get("first_step_at")
-            except ValueError:
-                first = None
-            if first:
-                return first - started
+        first = [r["first_step_at"] for r in _records(root, "hps_00040-*/record.json") if r.get("first_step_at")]
+        if first:
+            return first[0] - started
         time.sleep(0.2)
     raise RuntimeError("the job did not reach its first step within 300 s")
 
 
 def sweep_to_last_record(root: str):
     """A sweep of 12 small runs on the local cluster (hps_00040 at 4 batch sizes x 1/2/4 GPUs):
-    (seconds from submit to the last record's end, the records), or None without Slurm."""
-    from bnnidr_hpc.submit import slurm_available
-
-    if slurm_available():
-        return None
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "bnnidr_hpc.cli", "submit", str(REPO / "conf" / "sweep_hps_00040.yaml"),
-                    "cluster=local", f"run.root={root}", "run.progress=false", "batch_size=25,50,100,200"],
-                   check=True, capture_output=True)
+    (seconds from submit to the last record's end, the records)."""
+    started = _submit("sweep_hps_00040.yaml", root, "batch_size=25,50,100,200")
     deadline = time.time() + 900
     while time.time() < deadline:
-        records = []
-        for path in Path(root).glob("*/*/record.json"):
-            try:
-                records.append(json.loads(path.read_text()))
-            except ValueError:
-                pass
-        ended = [r for r in records if r.get("status") in ("completed", "failed", "diverged")]
+        ended = [r for r in _records(root, "*/*/record.json") if r.get("status") in ("completed", "failed", "diverged")]
         if len(ended) == 12:
             return max(r["updated_at"] for r in ended) - started, ended
         time.sleep(0.5)
