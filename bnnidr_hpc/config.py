@@ -253,7 +253,7 @@ class Config:
     # distances: the faster matrix units of GPUs and AVX512-BF16/AMX CPUs, at bfloat16's 8-bit
     # mantissa (figures: docs/performance.md)
     precision: str = "fp32"
-    # objective over every pair of the global batch (README, "Objectives"): stress (metric MDS,
+    # objective over every pair of the global batch (README, "Model, objective, metrics"): stress (metric MDS,
     # DeepMDS) or umap (parametric UMAP's cross-entropy of neighbour weights exp(-|x_i - x_j|^2 /
     # sigma^2), sigma^2 the neighbour_quantile of the batch's squared input distances)
     loss: str = "umap"
