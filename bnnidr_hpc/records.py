@@ -171,6 +171,15 @@ def check_free(run_dir: Path) -> None:
         os.close(fd)
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a process on this host holds run_dir now (a killed one no longer does)."""
+    try:
+        check_free(run_dir)
+    except RunDirBusy:
+        return True
+    return False
+
+
 @contextmanager
 def hold(run_dir: Path):
     """One writer per run directory: an exclusive lock on run_dir/.lock, naming its holder. The

@@ -79,8 +79,9 @@ def find_run_dirs(root: Path) -> List[Path]:
     return sorted({p.parent for pattern in (records.RECORD, records.JOB) for p in root.glob(f"*/{pattern}")})
 
 
-def _state(rec: dict, job: dict, slurm: dict) -> tuple:
-    """(state, detail) from the record, job.json and Slurm's fields."""
+def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
+    """(state, detail) from the record, job.json, Slurm's fields and, for a run not submitted,
+    whether a process still holds its directory (held)."""
     slurm_state, status = slurm.get("JobState", ""), rec.get("status")
     if status == records.COMPLETED:
         return "completed", ""
@@ -97,6 +98,8 @@ def _state(rec: dict, job: dict, slurm: dict) -> tuple:
         return "failed", detail + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
     if status == records.INTERRUPTED:
         return "interrupted", "run or submit it again to resume"
+    if status == records.RUNNING and not job and not held:
+        return "interrupted", "its process is gone (killed?); run it again to resume from the checkpoint"
     if status == records.RUNNING:
         return "running", ""
     return ("submitted" if job else "unknown"), ""
@@ -108,7 +111,7 @@ def run_status(run_dir: Path) -> dict:
     job = records.read_job(run_dir) or {}
     slurm = slurm_view(run_dir)
     restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
-    state, detail = _state(rec, job, slurm)
+    state, detail = _state(rec, job, slurm, held=bool(job) or records.is_held(run_dir))
     if restarts and state in ("pending", "running", "completed"):
         detail = f"requeued {restarts}x" + (f"; {detail}" if detail else "")
     return {

@@ -203,6 +203,12 @@ def test_kill_9_loses_no_metrics_line_and_every_session_is_counted(tmp_path):
     proc.kill()
     proc.wait()
     (rd,) = [p.parent for p in tmp_path.glob("*/config.yaml")]
+    # Its record still says running, but no process holds the directory: status says so.
+    from bnnidr_hpc.status import run_status
+
+    assert record(rd)["status"] == "running"
+    killed = run_status(rd)
+    assert killed["state"] == "interrupted" and "process is gone" in killed["detail"]
     first_session = torch.load(rd / "checkpoint.pt", weights_only=False)["elapsed_s"]
     # a kill between the checkpoint and its metrics line: the line is missing
     lines = (rd / "metrics.jsonl").read_text().splitlines()
