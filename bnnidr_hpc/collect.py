@@ -6,12 +6,16 @@
 Reads record.json files only and imports nothing of the training code: the standard library and the
 record schema (records.py, itself standard library only); matplotlib for --plot. Runs are grouped by
 everything in their config but the GPU and node counts, so groups never mix; within a group, one row
-per world size with the lab's columns (n, p, d, batch size, gpu, epoch runtime, total runtime) and
-more. Strong scaling: speedup = steady epoch seconds on the fewest GPUs x their count / the row's,
-efficiency = speedup / GPUs. Weak scaling (n grows with the GPU count, n per GPU fixed): efficiency
-= epoch seconds at the fewest GPUs / the row's. Failed, running, interrupted and diverged runs are
+per layout, (nodes, GPUs per node): 2 nodes x 2 GPUs and 1 node x 4 GPUs are two rows of gpu 4. The
+lab's columns (n, p, d, batch size, gpu, epoch runtime, total runtime) and more; --format json and csv
+add hosts, how many distinct hosts a run's ranks ran on (records with a hosts list; else empty). Strong
+scaling: speedup = steady epoch seconds of the group's 1-GPU run / the row's, efficiency = speedup /
+GPUs. Weak scaling (n grows with the GPU count, n per GPU fixed): efficiency = epoch seconds of the
+family's 1-GPU run / the row's. Without a 1-GPU run no base is assumed: those figures are left empty
+(null) and one line under the table names the group. Failed, running, interrupted and diverged runs are
 listed under the table, never averaged in; so is a completed run whose n, p, d, batch size, world size
-or epoch time is missing or impossible (NaN, Infinity, 0). A bad optional figure (a NaN loss) is shown
+or epoch time is missing or impossible (NaN, Infinity, 0), or whose num_nodes x num_gpu is not its
+world size. A bad optional figure (a NaN loss) is shown
 as "-" and not aggregated. Any file is survived: one that cannot be read (binary, truncated, too deep,
 a FIFO, a dangling symlink, foreign) or repeats a run already read (a copy) is named on stderr and
 skipped. --format json is strict JSON (null for NaN). Exit status 1 only when no record could be read.
@@ -34,16 +38,17 @@ from . import record_files, records
 # Keys that say how a run was spread, not what it computed.
 SPREAD_KEYS = ("num_gpu", "num_nodes", "run", "cluster")
 
-COLUMNS = ["group", "n", "p", "d", "batch_size", "gpu", "runs", "epoch_s", "total_s", "first_epoch_s",
-           "first_step_s", "steps_per_epoch", "samples_per_s", "samples_per_s_per_gpu", "speedup",
+COLUMNS = ["group", "n", "p", "d", "batch_size", "nodes", "gpus_per_node", "gpu", "runs", "epoch_s", "total_s",
+           "first_epoch_s", "first_step_s", "steps_per_epoch", "samples_per_s", "samples_per_s_per_gpu", "speedup",
            "efficiency", "final_loss", "ap", "ap_pca", "ap_retention"]
-HEADERS = {"group": "group", "n": "n", "p": "p", "d": "d", "batch_size": "batch size", "gpu": "gpu",
+HEADERS = {"group": "group", "n": "n", "p": "p", "d": "d", "batch_size": "batch size", "nodes": "nodes",
+           "gpus_per_node": "gpus/node", "gpu": "gpu",
            "runs": "runs", "epoch_s": "epoch runtime (s)", "total_s": "total runtime (s)",
            "first_epoch_s": "first epoch (s)", "first_step_s": "first step (s)", "steps_per_epoch": "steps/epoch",
            "samples_per_s": "samples/s", "samples_per_s_per_gpu": "samples/s/gpu", "speedup": "speedup",
            "efficiency": "efficiency", "final_loss": "loss", "ap": "AP",
            "ap_pca": "PCA AP", "ap_retention": "AP retention"}
-WEAK_COLUMNS = ["family", "gpu", "n", "n_per_gpu", "batch_size", "epoch_s", "weak_efficiency"]
+WEAK_COLUMNS = ["family", "nodes", "gpus_per_node", "gpu", "n", "n_per_gpu", "batch_size", "epoch_s", "weak_efficiency"]
 
 
 MAX_DEPTH = 64  # a config nests ~3 deep; deeper data would overflow flatten's and json.dumps' recursion
@@ -67,13 +72,15 @@ def _finite(v) -> bool:
 # What a usable figure is; a bad optional one is shown as "-" and never aggregated.
 _positive = lambda v: _finite(v) and v > 0
 _count = lambda v: isinstance(v, int) and _positive(v)
+_host_names = lambda v: isinstance(v, list) and bool(v) and all(isinstance(h, str) for h in v)
 OPTIONAL = {"d": _count,  # None for feature files: their intrinsic dimension is not known
             "total_seconds": _positive, "first_epoch_seconds": _positive, "time_to_first_step_s": _positive,
             "samples_per_s": _positive, "samples_per_s_per_gpu": _positive, "steps_per_epoch": _count,
-            "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite}
+            "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite,
+            "hosts": _host_names}  # every rank's host name, index = rank (older records: none)
 # The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
 USED = ("config", "run_dir", "updated_at", "status", "error", "epochs_done", "max_epochs", "steady_epoch_seconds",
-        "epoch_seconds", "baselines", *IDENTITY, *OPTIONAL)
+        "epoch_seconds", "baselines", "num_nodes", "num_gpu", *IDENTITY, *OPTIONAL)
 
 
 def _show(rec: dict, key: str) -> str:
@@ -141,6 +148,20 @@ def _epoch_time(rec: dict) -> Tuple[Optional[float], Optional[str]]:
     return value, None
 
 
+def _spread(rec: dict, key: str) -> Optional[int]:
+    """num_nodes or num_gpu (per node) of a run: the record's, else its config's; None where neither counts."""
+    return next((v for v in (rec.get(key), rec["config"].get(key)) if _count(v)), None)
+
+
+def layout(rec: dict) -> Optional[Tuple[int, int]]:
+    """(nodes, GPUs per node) of a run. One the record lacks follows from world_size (neither: one
+    node); None where they contradict world_size."""
+    world, nodes, per_node = rec["world_size"], _spread(rec, "num_nodes"), _spread(rec, "num_gpu")
+    nodes = nodes or (world // per_node if per_node else 1)
+    per_node = per_node or world // nodes
+    return (nodes, per_node) if nodes * per_node == world else None
+
+
 def left_out(rec: dict) -> Optional[str]:
     """Why a completed record cannot be a row of the table (None: it can)."""
     for key in IDENTITY:
@@ -148,6 +169,8 @@ def left_out(rec: dict) -> Optional[str]:
             return f"{_show(rec, key)}: not a positive integer"
     if not isinstance(rec.get("config"), dict):
         return "no config"
+    if layout(rec) is None:
+        return f"{_show(rec, 'num_nodes')} x {_show(rec, 'num_gpu')} per node is not {_show(rec, 'world_size')}"
     return _epoch_time(rec)[1]
 
 
@@ -165,24 +188,44 @@ def _differences(configs: List[dict]) -> List[str]:
     return [" ".join(f"{json.dumps(k)[1:-1]}={f.get(k)}" for k in varying) for f in flats]
 
 
-def _row(group: str, world: int, runs: List[dict], base: Optional[float]) -> dict:
-    """One row of the strong-scaling table; base = the group's epoch seconds x GPUs at the fewest GPUs."""
-    epoch_s = _median(_epoch_time(r)[0] for r in runs)
+def _epoch_s(runs: List[dict]) -> Optional[float]:
+    """The median steady epoch seconds of runs; None for no runs."""
+    return _median(_epoch_time(r)[0] for r in runs)
+
+
+def _by_layout(recs: List[dict]) -> Dict[Tuple[int, int], List[dict]]:
+    """Runs per (nodes, GPUs per node), fewest GPUs first, then fewest nodes."""
+    found: Dict[Tuple[int, int], List[dict]] = {}
+    for rec in recs:
+        found.setdefault(layout(rec), []).append(rec)
+    return {k: found[k] for k in sorted(found, key=lambda k: (k[0] * k[1], k[0]))}
+
+
+def _hosts(runs: List[dict]) -> Optional[int]:
+    """The most distinct host names any of the runs' ranks ran on; None where no record lists them."""
+    return max((len(set(r["hosts"])) for r in runs if _ok(r, "hosts")), default=None)
+
+
+def _row(group: str, nodes_gpus: Tuple[int, int], runs: List[dict], base: Optional[float]) -> dict:
+    """One row of the strong-scaling table; base = the group's 1-GPU epoch seconds (None: it has none)."""
+    nodes, per_node = nodes_gpus
+    epoch_s = _epoch_s(runs)
     speedup = _ratio(base, epoch_s)
     med = lambda key: _median(_ok(r, key) for r in runs)
     first = runs[0]
     return {"group": group, "n": first["n"], "p": first["p"], "d": _ok(first, "d"), "batch_size": first["batch_size"],
-            "gpu": world, "runs": len(runs), "epoch_s": epoch_s, "total_s": med("total_seconds"),
+            "nodes": nodes, "gpus_per_node": per_node, "gpu": nodes * per_node, "hosts": _hosts(runs),
+            "runs": len(runs), "epoch_s": epoch_s, "total_s": med("total_seconds"),
             "first_epoch_s": med("first_epoch_seconds"), "first_step_s": med("time_to_first_step_s"),
             "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),
             "samples_per_s_per_gpu": med("samples_per_s_per_gpu"), "speedup": speedup,
-            "efficiency": _ratio(speedup, world), "final_loss": med("final_loss"), "ap": med("ap_out"),
+            "efficiency": _ratio(speedup, nodes * per_node), "final_loss": med("final_loss"), "ap": med("ap_out"),
             "ap_pca": _median(records.baseline(r, "pca") for r in runs), "ap_retention": med("ap_retention")}
 
 
 
 def strong_scaling(recs: List[dict]) -> List[dict]:
-    """Rows per group and world size; records left_out() are not in any aggregate."""
+    """Rows per group and (nodes, GPUs per node); records left_out() are not in any aggregate."""
     groups: Dict[str, List[dict]] = {}
     for rec in recs:
         if left_out(rec) is None:
@@ -191,40 +234,45 @@ def strong_scaling(recs: List[dict]) -> List[dict]:
     labels = _differences([json.loads(k) for k in keys])
     rows = []
     for index, (key, label) in enumerate(zip(keys, labels), start=1):
-        by_world: Dict[int, List[dict]] = {}
-        for rec in groups[key]:
-            by_world.setdefault(rec["world_size"], []).append(rec)
-        base_world = min(by_world)
-        base_epoch = _median(_epoch_time(r)[0] for r in by_world[base_world])
-        base = base_epoch * base_world if base_epoch is not None else None
+        by_layout = _by_layout(groups[key])
+        base = _epoch_s(by_layout.get((1, 1), []))
         group = f"{index}" + (f" ({label})" if label else "")
-        rows.extend(_row(group, world, by_world[world], base) for world in sorted(by_world))
+        rows.extend(_row(group, nodes_gpus, runs, base) for nodes_gpus, runs in by_layout.items())
     return rows
 
 
 def weak_scaling(recs: List[dict]) -> List[dict]:
     """Families that differ only in n and GPU count, with n per GPU fixed and 2+ GPU counts."""
-    families: Dict[Tuple[str, float], Dict[int, List[dict]]] = {}
+    families: Dict[Tuple[str, float], List[dict]] = {}
     for rec in (r for r in recs if left_out(r) is None):
         config = dict(rec["config"])
         data = config.get("data")
         config["data"] = {k: v for k, v in data.items() if k != "n"} if isinstance(data, dict) else data
         key = (_group_key(config), rec["n"] / rec["world_size"])
-        families.setdefault(key, {}).setdefault(rec["world_size"], []).append(rec)
+        families.setdefault(key, []).append(rec)
     rows = []
     index = 0
-    for (_, n_per_gpu), by_world in sorted(families.items(), key=lambda kv: kv[0][1]):
-        if len(by_world) < 2 or len({runs[0]["n"] for runs in by_world.values()}) < 2:
+    for (_, n_per_gpu), family in sorted(families.items(), key=lambda kv: kv[0][1]):
+        by_layout = _by_layout(family)
+        if len(by_layout) < 2 or len({rec["n"] for rec in family}) < 2:
             continue
         index += 1
-        base = _median(_epoch_time(r)[0] for r in by_world[min(by_world)])
-        for world in sorted(by_world):
-            runs = by_world[world]
-            epoch_s = _median(_epoch_time(r)[0] for r in runs)
-            rows.append({"family": index, "gpu": world, "n": runs[0]["n"], "n_per_gpu": n_per_gpu,
-                         "batch_size": runs[0]["batch_size"], "epoch_s": epoch_s,
-                         "weak_efficiency": _ratio(base, epoch_s)})
+        base = _epoch_s(by_layout.get((1, 1), []))  # None: no 1-GPU run, no weak efficiency
+        for (nodes, per_node), runs in by_layout.items():
+            epoch_s = _epoch_s(runs)
+            rows.append({"family": index, "nodes": nodes, "gpus_per_node": per_node, "gpu": nodes * per_node,
+                         "n": runs[0]["n"], "n_per_gpu": n_per_gpu, "batch_size": runs[0]["batch_size"],
+                         "epoch_s": epoch_s, "weak_efficiency": _ratio(base, epoch_s)})
     return rows
+
+
+def no_baseline(rows: List[dict], key: str, what: str, figures: str) -> List[str]:
+    """One line per group of rows (rows[i][key] names it) without a 1-GPU row: figures left empty."""
+    fewest: Dict[object, int] = {}
+    for r in rows:
+        fewest[r[key]] = min(r["gpu"], fewest.get(r[key], r["gpu"]))
+    return [f"no 1-GPU baseline in {what} {name}: {figures} left empty, not assumed (fewest GPUs run: {gpu})"
+            for name, gpu in fewest.items() if gpu > 1]
 
 
 def _cell(value) -> str:
@@ -255,17 +303,19 @@ def plot(rows: List[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
-    groups: Dict[str, List[dict]] = {}
+    one_gpu = {r["group"]: r["epoch_s"] for r in rows if r["gpu"] == 1}  # the groups' bases
+    lines: Dict[Tuple[str, int], List[dict]] = {}  # one line per group and node count
     for r in rows:
-        groups.setdefault(r["group"], []).append(r)
-    for name, rs in groups.items():
+        lines.setdefault((r["group"], r["nodes"]), []).append(r)
+    for (name, nodes), rs in lines.items():
         gpus = [r["gpu"] for r in rs]
-        label = f"{name}: n={rs[0]['n']} p={rs[0]['p']} batch={rs[0]['batch_size']}"
-        line, = ax_t.plot(gpus, [r["epoch_s"] for r in rs], "o-", label=label)
-        if rs[0]["epoch_s"]:
-            ideal = [rs[0]["epoch_s"] * gpus[0] / g for g in gpus]
-            ax_t.plot(gpus, ideal, ":", color=line.get_color())
-        ax_e.plot(gpus, [r["efficiency"] for r in rs], "o-", color=line.get_color(), label=label)
+        label = f"{name}: n={rs[0]['n']} p={rs[0]['p']} batch={rs[0]['batch_size']}, {nodes} node" + "s" * (nodes > 1)
+        style = "o-" if nodes == 1 else "s--"
+        line, = ax_t.plot(gpus, [r["epoch_s"] for r in rs], style, label=label)
+        if one_gpu.get(name):
+            ax_t.plot(gpus, [one_gpu[name] / g for g in gpus], ":", color=line.get_color())
+        efficiency = [math.nan if r["efficiency"] is None else r["efficiency"] for r in rs]
+        ax_e.plot(gpus, efficiency, style, color=line.get_color(), label=label)
     all_gpus = sorted({r["gpu"] for r in rows})
     ax_e.plot(all_gpus, [1.0] * len(all_gpus), "k:", label="ideal")
     for ax in (ax_t, ax_e):
@@ -273,7 +323,7 @@ def plot(rows: List[dict], path: str) -> None:
         ax.set_xticks(all_gpus)
         ax.grid(alpha=0.3)
     ax_t.set_ylabel("steady epoch runtime (s)")
-    ax_t.set_title("runtime (dotted: ideal 1/GPUs)")
+    ax_t.set_title("runtime (dotted: ideal, 1-GPU run / GPUs)")
     ax_e.set_ylabel("parallel efficiency")
     ax_e.set_ylim(0, max(1.1, max((r["efficiency"] or 0) for r in rows) * 1.1))
     ax_e.set_title("strong-scaling efficiency")
@@ -344,6 +394,14 @@ def _list_apart(not_done: List[dict], left: List[Tuple[str, str]], file) -> None
         _say(f"  completed, left out: {run_dir}: {why}", file)
 
 
+def _notes(lines: List[str]) -> None:
+    """Lines under a table, after a blank line."""
+    if lines:
+        print()
+    for line in lines:
+        _say(line, sys.stdout)
+
+
 def _output_dim_view(recs: List[dict], fmt: str) -> int:
     from . import output_dim_view as view
 
@@ -381,21 +439,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ns.view == "output_dim":
         return _output_dim_view(got.done, ns.format)
     rows, weak = strong_scaling(got.done), weak_scaling(got.done)
+    strong_notes = no_baseline(rows, "group", "group", "speedup and efficiency")
+    weak_notes = no_baseline(weak, "family", "weak-scaling family", "weak efficiency")
     not_done = [{"run_dir": r.get("run_dir"), "status": r.get("status"), "epochs_done": r.get("epochs_done"),
                  "max_epochs": r.get("max_epochs"), "error": r.get("error")} for r in got.other]
     if ns.format == "json":
-        data = {"strong_scaling": rows, "weak_scaling": weak, "not_completed": not_done,
+        data = {"strong_scaling": rows, "weak_scaling": weak, "notes": strong_notes + weak_notes,
+                "not_completed": not_done,
                 "left_out": [{"run_dir": d, "why": w} for d, w in got.left_out],
                 "skipped": [{"path": p, "why": w} for p, w in got.skipped]}
         # Strict JSON: json.dumps writes NaN and Infinity, which JSON has not; read back, they turn null.
         print(json.dumps(json.loads(json.dumps(data), parse_constant=lambda _: None), indent=1, allow_nan=False))
     elif ns.format == "csv":
-        sys.stdout.write(to_csv(rows, COLUMNS))
+        sys.stdout.write(to_csv(rows, COLUMNS + ["hosts"]))
+        for note in strong_notes:
+            _say(f"collect: {note}")
     else:
         print(markdown(rows, COLUMNS, HEADERS) if rows else "(no completed run)")
+        _notes(strong_notes)
         if weak:
             print("\nWeak scaling (n per GPU fixed):\n")
             print(markdown(weak, WEAK_COLUMNS, {}))
+            _notes(weak_notes)
     if ns.format != "json":
         _list_apart(not_done, got.left_out, sys.stdout if ns.format == "markdown" else sys.stderr)
     if ns.plot and rows:

@@ -12,15 +12,16 @@ import pytest
 from conftest import REPO
 
 from bnnidr_hpc import records
-from bnnidr_hpc.collect import main, strong_scaling, weak_scaling
+from bnnidr_hpc.collect import left_out, main, strong_scaling, weak_scaling
 
 
-def fake_record(world, epoch_s, n=2000, batch=50, lr=1e-3, status="completed", epochs=3):
+def fake_record(world, epoch_s, n=2000, batch=50, lr=1e-3, status="completed", epochs=3, nodes=1):
     return {
         "schema": records.SCHEMA, "status": status, "world_size": world, "n": n, "p": 128, "d": 5,
+        "num_nodes": nodes, "num_gpu": world // nodes,
         "batch_size": batch, "epochs_done": epochs if status == "completed" else 1, "max_epochs": epochs,
         "config": {"data": {"n": n, "p": 128, "d": 5}, "batch_size": batch, "learning_rate": lr,
-                   "num_gpu": world, "num_nodes": 1, "run": {"root": "x"}, "cluster": {"name": "local"}},
+                   "num_gpu": world // nodes, "num_nodes": nodes, "run": {"root": "x"}, "cluster": {"name": "local"}},
         "epoch_seconds": [epoch_s * 3] + [epoch_s] * (epochs - 1), "steady_epoch_seconds": epoch_s,
         "first_epoch_seconds": epoch_s * 3, "total_seconds": 10.0 + epoch_s * epochs, "time_to_first_step_s": 4.0,
         "steps_per_epoch": n // (batch * world), "samples_per_s": n / epoch_s,
@@ -54,10 +55,78 @@ def test_speedup_and_efficiency_per_group_never_mixed():
     assert "learning_rate" in rows[0]["group"]  # the label says what differs between groups
 
 
+HOSTS_2X2 = ["gpu1", "gpu1", "gpu2", "gpu2"]  # index = rank
+
+
+def test_2x2_and_1x4_are_two_rows_each_against_the_1_gpu_run(tmp_path, capsys):
+    write(tmp_path, "one", fake_record(1, 8.0))
+    write(tmp_path, "two", fake_record(2, 5.0))
+    write(tmp_path, "1x4", fake_record(4, 2.5) | {"hosts": ["gpu1"] * 4})
+    write(tmp_path, "2x2", fake_record(4, 4.0, nodes=2) | {"hosts": HOSTS_2X2})
+    write(tmp_path, "2x2b", fake_record(4, 3.0, nodes=2) | {"hosts": HOSTS_2X2})  # a repeat: median 3.5
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    got = [(r["nodes"], r["gpus_per_node"], r["gpu"], r["runs"], r["hosts"]) for r in data["strong_scaling"]]
+    assert got == [(1, 1, 1, 1, None), (1, 2, 2, 1, None), (1, 4, 4, 1, 1), (2, 2, 4, 2, 2)]
+    assert [r["speedup"] for r in data["strong_scaling"]] == pytest.approx([1.0, 1.6, 3.2, 8 / 3.5])
+    assert [r["efficiency"] for r in data["strong_scaling"]] == pytest.approx([1.0, 0.8, 0.8, 2 / 3.5])
+    assert data["notes"] == []
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = [(r["nodes"], r["gpus/node"], r["gpu"], r["speedup"], r["efficiency"]) for r in markdown_rows(out)]
+    assert table == [("1", "1", "1", "1", "1"), ("1", "2", "2", "1.6", "0.8"), ("1", "4", "4", "3.2", "0.8"),
+                     ("2", "2", "4", "2.29", "0.571")]
+    assert "baseline" not in out
+
+
+def test_a_layout_follows_from_world_size_where_the_record_lacks_it_and_a_contradiction_is_left_out():
+    old = fake_record(2, 4.0)  # a record that says neither: one node
+    del old["num_nodes"], old["num_gpu"], old["config"]["num_nodes"], old["config"]["num_gpu"]
+    half = fake_record(4, 2.0, nodes=2)
+    del half["num_gpu"], half["config"]["num_gpu"]  # 4 ranks on 2 nodes: 2 per node
+    wrong = fake_record(4, 1.0) | {"num_nodes": 3}  # 3 nodes x 4 is not 4
+    rows = strong_scaling([fake_record(1, 8.0), old, half, wrong])
+    assert [(r["nodes"], r["gpus_per_node"], r["speedup"]) for r in rows] == [(1, 1, 1.0), (1, 2, 2.0), (2, 2, 4.0)]
+    assert left_out(wrong) == "num_nodes=3 x num_gpu=4 per node is not world_size=4"
+
+
+def test_a_group_without_a_1_gpu_run_gets_no_assumed_speedup_and_a_note_names_it(tmp_path, capsys):
+    write(tmp_path, "a1", fake_record(1, 8.0))
+    write(tmp_path, "a2", fake_record(2, 4.0))
+    write(tmp_path, "b2", fake_record(2, 4.0, lr=1e-2))  # formerly speedup 2, efficiency 1 "by assumption"
+    write(tmp_path, "b4", fake_record(4, 2.5, lr=1e-2))
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    got = [(r["group"].split()[0], r["gpu"], r["speedup"], r["efficiency"]) for r in data["strong_scaling"]]
+    assert got == [("1", 1, 1.0, 1.0), ("1", 2, 2.0, 1.0), ("2", 2, None, None), ("2", 4, None, None)]
+    b = data["strong_scaling"][2]["group"]
+    assert b == "2 (learning_rate=0.01)"
+    note = f"no 1-GPU baseline in group {b}: speedup and efficiency left empty, not assumed (fewest GPUs run: 2)"
+    assert data["notes"] == [note]
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [(r["speedup"], r["efficiency"]) for r in markdown_rows(out)][2:] == [("-", "-"), ("-", "-")]
+    assert line_with(out, "no 1-GPU baseline") == note
+    assert main([str(tmp_path), "--format", "csv", "--plot", str(tmp_path / "s.png")]) == 0  # empty efficiencies
+    assert line_with(capsys.readouterr().err, "no 1-GPU baseline") == f"collect: {note}"
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_weak_scaling_without_a_1_gpu_run_assumes_no_base(tmp_path, capsys):
+    two_nodes = fake_record(4, 3.0, n=4000, nodes=2)
+    rows = weak_scaling([fake_record(2, 2.0, n=2000), fake_record(4, 2.5, n=4000), two_nodes])
+    assert [(r["nodes"], r["gpu"], r["weak_efficiency"]) for r in rows] == [(1, 2, None), (1, 4, None), (2, 4, None)]
+    write(tmp_path, "w2", fake_record(2, 2.0, n=2000))
+    write(tmp_path, "w4", fake_record(4, 2.5, n=4000))
+    assert main([str(tmp_path)]) == 0
+    assert line_with(capsys.readouterr().out, "no 1-GPU baseline in weak-scaling family 1: weak efficiency left empty")
+
+
 def test_weak_scaling_when_n_grows_with_gpus():
-    rows = weak_scaling([fake_record(1, 2.0, n=1000), fake_record(2, 2.5, n=2000), fake_record(4, 4.0, n=4000)])
-    assert [r["gpu"] for r in rows] == [1, 2, 4]
-    assert [r["weak_efficiency"] for r in rows] == pytest.approx([1.0, 0.8, 0.5])
+    rows = weak_scaling([fake_record(1, 2.0, n=1000), fake_record(2, 2.5, n=2000), fake_record(4, 4.0, n=4000),
+                         fake_record(4, 5.0, n=4000, nodes=2)])
+    assert [(r["nodes"], r["gpus_per_node"], r["gpu"]) for r in rows] == [(1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 2, 4)]
+    assert [r["weak_efficiency"] for r in rows] == pytest.approx([1.0, 0.8, 0.5, 0.4])
 
 
 def test_cli_lists_failed_apart_and_skips_corrupt_files(tmp_path, capsys):
@@ -85,7 +154,8 @@ def test_formats_and_plot(tmp_path, capsys):
     assert [round(r["efficiency"], 3) for r in data["strong_scaling"]] == [1.0, round(8 / 4.4 / 2, 3), 0.8]
     assert main([str(tmp_path), "--format", "csv", "--plot", str(tmp_path / "s.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("group,n,p,d,batch_size,gpu") and len(lines) == 4
+    assert lines[0].startswith("group,n,p,d,batch_size,nodes,gpus_per_node,gpu,") and len(lines) == 4
+    assert lines[0].endswith(",hosts") and lines[3].startswith("1,2000,128,5,50,1,4,4,")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -191,8 +261,8 @@ def test_a_completed_run_with_a_bad_n_world_size_or_epoch_time_is_left_out_and_n
 
 
 def test_an_impossible_epoch_time_does_not_spoil_its_group():
-    rows = strong_scaling([fake_record(1, NAN), fake_record(2, 4.0), fake_record(4, 2.0)])
-    assert [(r["gpu"], r["speedup"], r["efficiency"]) for r in rows] == [(2, 2.0, 1.0), (4, 4.0, 1.0)]
+    rows = strong_scaling([fake_record(1, NAN), fake_record(2, 4.0), fake_record(4, 2.0)])  # no 1-GPU base left
+    assert [(r["gpu"], r["speedup"], r["efficiency"]) for r in rows] == [(2, None, None), (4, None, None)]
     zero = fake_record(1, 8.0) | {"steady_epoch_seconds": 0}
     rows = strong_scaling([zero, fake_record(1, 8.0), fake_record(2, 4.0), fake_record(4, 1.0) | {"n": -1}])
     assert [(r["gpu"], r["runs"], r["epoch_s"], r["speedup"]) for r in rows] == [(1, 1, 8.0, 1.0), (2, 1, 4.0, 2.0)]
