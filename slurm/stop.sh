@@ -4,7 +4,7 @@ set -uo pipefail
 DIR=${BNNIDR_SLURM_DIR:-/tmp/bnnidr-slurm}
 export SLURM_CONF=$DIR/slurm.conf
 [ -f "$SLURM_CONF" ] && scancel --user="$(id -un)" 2>/dev/null
-for pid in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid"; do
+for pid in "$DIR"/run/slurmd*.pid "$DIR/run/slurmctld.pid"; do
   [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null
 done
 sleep 1
