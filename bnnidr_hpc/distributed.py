@@ -4,19 +4,28 @@ ranks, devices and Slurm is read here, once, into one frozen `DistInfo`; trainin
 Used by: job.py (`run`, `run --gpus N`, torchrun, Slurm jobs through submitit), train.py.
 
 Sources, first match wins (DistInfo.source says which):
-  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT   "torch": torchrun, `run --gpus N`,
-      submitit (job.py calls submitit.helpers.TorchDistributedEnvironment().export() first)
-  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  "srun": plain srun tasks
+  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT   "torch": torchrun, `run --gpus N`
+  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID                  "srun": Slurm's tasks (submitted jobs)
+  SUBMITIT_LOCAL_GLOBALID / _NTASKS / _LOCALID / _JOB_ID       "submitit-local": submit --local, and
+      Hydra's bnnidr_local launcher (one machine: 127.0.0.1, a port from the job's pid)
   nothing                                                      "single": one process, rank 0 of 1
 Also read here: SLURM_JOB_ID / SLURM_ARRAY_JOB_ID / SLURM_ARRAY_TASK_ID (the record's job id),
-SLURM_CPUS_PER_TASK (threads per rank), TORCHELASTIC_USE_AGENT_STORE (torchrun: join its store
-instead of starting one). How long a rank waits for a lost one is the config's run.rank_timeout_s.
+SLURM_JOB_NODELIST and SLURMD_NODENAME (where the ranks are), SLURM_CPUS_PER_TASK (threads per
+rank), TORCHELASTIC_USE_AGENT_STORE (torchrun: join its store instead of starting one).
+
+A Slurm job's ranks meet at the allocation's first node: at MASTER_ADDR / MASTER_PORT where the
+job's environment sets them (a profile's setup line may), else at that node's name where it
+resolves, else at the address Slurm knows it by (NodeAddr), on a port drawn from the job id below
+Linux's ephemeral range (32768-60999), so no outgoing connection can hold it. A rendezvous that
+cannot connect fails within run.rank_timeout_s, naming address and port; the same timeout bounds
+how long a rank waits for a lost one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +46,7 @@ class DistInfo:
     hostname: str = ""
     slurm_job_id: Optional[str] = None
     cpus_per_task: int = 0  # cores Slurm gave each rank (0: not under Slurm)
-    source: str = "single"  # which variables described the ranks: torch, srun or single
+    source: str = "single"  # which variables described the ranks: torch, srun, submitit-local or single
     agent_store: bool = False  # torchrun's agent already serves the rendezvous store at MASTER_PORT
 
     @property
@@ -56,24 +65,60 @@ def _int(env, *names, default: int) -> int:
     return default
 
 
+# Slurm jobs' rendezvous ports: below Linux's ephemeral range (32768-60999).
+SLURM_PORTS = (20000, 32000)
+
+
 def describe(env: Optional[dict] = None) -> DistInfo:
     env = dict(os.environ if env is None else env)
     job = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
     common = dict(
-        hostname=socket.gethostname(),
+        hostname=env.get("SLURMD_NODENAME") or socket.gethostname(),
         slurm_job_id=job or env.get("SLURM_JOB_ID"),
         cpus_per_task=_int(env, "SLURM_CPUS_PER_TASK", default=0),
-        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=_int(env, "MASTER_PORT", default=29500),
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-                        local_rank=_int(env, "LOCAL_RANK", default=0), source="torch", **common)
+                        local_rank=_int(env, "LOCAL_RANK", default=0), source="torch",
+                        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                        master_port=_int(env, "MASTER_PORT", default=29500), **common)
     if "SLURM_PROCID" in env and _int(env, "SLURM_NTASKS", default=1) > 1:
+        low, high = SLURM_PORTS
         return DistInfo(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-                        local_rank=_int(env, "SLURM_LOCALID", default=0), source="srun", **common)
+                        local_rank=_int(env, "SLURM_LOCALID", default=0), source="srun",
+                        master_addr=env.get("MASTER_ADDR") or first_node_address(env),
+                        master_port=_int(env, "MASTER_PORT", default=low + _int(env, "SLURM_JOB_ID", default=0)
+                                         % (high - low)), **common)
+    if _int(env, "SUBMITIT_LOCAL_NTASKS", default=1) > 1:
+        low, high = SLURM_PORTS
+        return DistInfo(rank=_int(env, "SUBMITIT_LOCAL_GLOBALID", default=0),
+                        world_size=int(env["SUBMITIT_LOCAL_NTASKS"]),
+                        local_rank=_int(env, "SUBMITIT_LOCAL_LOCALID", default=0), source="submitit-local",
+                        master_port=low + _int(env, "SUBMITIT_LOCAL_JOB_ID", default=0) % (high - low), **common)
     return DistInfo(**common)
+
+
+def first_node_address(env: dict) -> str:
+    """The allocation's first node as the other nodes can reach it: its name where that
+    resolves, else the address Slurm knows it by (NodeAddr)."""
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    first = _scontrol("show", "hostnames", nodes).split()[:1] if nodes else []
+    if not first:
+        return "127.0.0.1"
+    try:
+        socket.getaddrinfo(first[0], None)
+        return first[0]
+    except OSError:
+        fields = dict(t.split("=", 1) for t in _scontrol("show", "node", "-o", first[0]).split() if "=" in t)
+        return fields.get("NodeAddr") or first[0]
+
+
+def _scontrol(*args: str) -> str:
+    try:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def pick_device(info: DistInfo, wanted: str = "auto") -> torch.device:
@@ -96,14 +141,34 @@ def init(info: DistInfo, device: torch.device, timeout_s: float = 120.0,
     if device.type == "cuda":
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
+    if info.agent_store:  # torchrun's agent holds MASTER_PORT: env:// joins its store
+        kwargs["init_method"] = "env://"
+    else:
+        kwargs["store"] = rendezvous(info, timeout_s)
     dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo",
-        # torchrun's agent holds MASTER_PORT: env:// joins its store, where tcp:// would try to serve one.
-        init_method="env://" if info.agent_store else f"tcp://{info.master_addr}:{info.master_port}",
-        rank=info.rank, world_size=info.world_size,
+        backend="nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size,
         # Later than the watchdog, which names a lost rank; this catches ranks alive but stuck.
         timeout=timedelta(seconds=timeout_s + 3 * Watchdog.interval_for(timeout_s) + 5), **kwargs)
     return Watchdog(info, timeout_s, on_lost) if on_lost is not None else None
+
+
+class RendezvousFailed(RuntimeError):
+    """The ranks could not meet; str() is one line naming the address and port."""
+
+
+def rendezvous(info: DistInfo, timeout_s: float) -> "dist.TCPStore":
+    """Rank 0 serves the store at MASTER_PORT and waits for every rank; the others connect to
+    MASTER_ADDR. Either side gives up after timeout_s with one line."""
+    started = time.time()
+    try:
+        return dist.TCPStore(info.master_addr, info.master_port, info.world_size, is_master=info.is_main,
+                             timeout=timedelta(seconds=timeout_s), wait_for_workers=True)
+    except Exception as exc:  # noqa: BLE001 - DistNetworkError, DistStoreError, RuntimeError, OSError
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RendezvousFailed(
+            f"rank {info.rank} on {info.hostname}: rendezvous at {info.master_addr}:{info.master_port} failed after "
+            f"{time.time() - started:.0f} s ({why}); set MASTER_ADDR in cluster.setup to an address every node "
+            "reaches") from None
 
 
 class Watchdog:
@@ -329,6 +394,15 @@ def gather_floats(values: List[float], device: torch.device) -> List[List[float]
     """Every rank's list of floats (same length), for per-rank timings."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     return all_gather(t[None]).tolist()
+
+
+def all_hosts(info: DistInfo) -> List[str]:
+    """Every rank's host, by rank (one gather, at setup)."""
+    if not info.distributed:
+        return [info.hostname]
+    hosts: List[Optional[str]] = [None] * info.world_size
+    dist.all_gather_object(hosts, info.hostname)
+    return [str(h) for h in hosts]
 
 
 def free_port() -> int:

@@ -141,13 +141,8 @@ class SlurmJob:
         self.config, self.run_dir = config, run_dir
 
     def __call__(self) -> dict:
-        import submitit
-
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            # RANK, WORLD_SIZE, MASTER_ADDR (first node of the allocation), MASTER_PORT, LOCAL_RANK.
-            # Every GPU stays visible, so NCCL keeps its peer-to-peer paths; a rank binds cuda:LOCAL_RANK.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        # Ranks from Slurm's task variables, meeting at the first node (distributed.describe). Every
+        # GPU of a node stays visible, so NCCL keeps its peer-to-peer paths; a rank binds cuda:LOCAL_RANK.
         info = distributed.describe()
         stop = StopFlag()
         run_dir = Path(self.run_dir)
@@ -183,7 +178,16 @@ class SlurmJob:
             print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
             return
         print(f"bnnidr-hpc: requeueing job {job} (restart {record['restarts'] + 1})", file=sys.stderr, flush=True)
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, preexec_fn=_ignore_sigterm)
+        try:
+            proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60,
+                                  preexec_fn=_ignore_sigterm)
+            refusal = proc.returncode and (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            refusal = str(exc)
+        if refusal:  # e.g. JobRequeue=0 with --no-requeue: "Requested operation is presently disabled"
+            records.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
+                                f"{refusal.replace('scontrol: error: ', '')}; submit again to resume",
+                                self.config, to_dict(self.config))
 
 
 def _ignore_sigterm() -> None:

@@ -177,7 +177,7 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
     config_dict = to_dict(c)
     record = records.start_record(
         c, config_dict, run_dir, device_type=device.type, devices=names * info.world_size,
-        steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hostname=info.hostname,
+        steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hosts=distributed.all_hosts(info),
         slurm_job_id=info.slurm_job_id, intrinsic_dim=intrinsic_dim)
     if not evaluator.labelled:
         record["ap_note"] = "no labels (data.labels is not set): no retrieval AP; intrinsic_dim still compares them"
