@@ -1,8 +1,11 @@
 """The `bnnidr-hpc` command.
 
   bnnidr-hpc run [CONFIG] [key=value ...] [--gpus N] [--force]   train here (one device, N local ranks, torchrun)
-  bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--dry-run] [--local] [--force]
+  bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--check|--dry-run] [--local] [--force]
   bnnidr-hpc status DIR [--follow]                               jobs of a run or sweep directory
+  bnnidr-hpc logs RUN_DIR [--rank R] [--follow]                  a rank's Slurm logs, over every restart
+  bnnidr-hpc cancel DIR                                          scancel the jobs of a run or sweep
+  bnnidr-hpc retry DIR [--failed] [--cancelled]                  resubmit the points that did not complete
   bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
   bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
   bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
@@ -133,13 +136,11 @@ def cmd_submit(ns) -> int:
     if ns.dry_run:
         for text in submit.dry_run(plan):
             print(text)
-        print(f"dry run: {len(plan.points)} run(s) validated, nothing submitted")
+        print(f"dry run: {len(plan.points)} run(s) validated, nothing submitted "
+              f"(--check asks the cluster whether it would take them)")
         return 0
-    if not ns.local:
-        reason = submit.slurm_available()
-        if reason:
-            raise UsageError(f"submit: {reason}; train here with `bnnidr-hpc run {config_path or ''} ...` "
-                             f"or use `bnnidr-hpc submit --local`")
+    _need_slurm(ns.local, f"train here with `bnnidr-hpc run {config_path or ''} ...` "
+                          "or use `bnnidr-hpc submit --local`")
     submit.classify(plan, ns.force)
     for point in plan.points:
         if point.action == submit.DONE:
@@ -150,10 +151,88 @@ def cmd_submit(ns) -> int:
             print(f"diverged, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
         elif point.action == submit.RESUME:
             print(f"resuming from its checkpoint: {point.run_dir}")
-    for point, info in submit.submit(plan, ns.local, ns.force):
+    return _check_and_submit(plan, ns.local, ns.force, ns.check)
+
+
+def _need_slurm(local: bool, otherwise: str) -> None:
+    from . import submit
+
+    reason = None if local else submit.slurm_available()
+    if reason:
+        raise UsageError(f"submit: {reason}; {otherwise}")
+
+
+def _check_and_submit(plan, local: bool, force: bool, check_only: bool) -> int:
+    """Ask the cluster about every group first (sbatch --test-only, partition limits); submit only
+    if it would take them all. Each refusal is one line, exit 2."""
+    from . import submit
+
+    groups = plan.groups.values() if check_only else submit.pending_groups(plan)
+    refusals = 0
+    for group, refusal, where in ([] if local else submit.check(plan, list(groups))):
+        c = group[0].config
+        shape = f"{len(group)} run(s), {c.num_nodes} node(s) x {c.num_gpu} GPU(s), cluster={c.cluster.name}"
+        if refusal:
+            refusals += 1
+            print(f"bnnidr-hpc: submit: Slurm would refuse {shape}: {refusal}", file=sys.stderr)
+        elif check_only:
+            print(f"ok: {shape}: {where}")
+    if refusals:
+        print("bnnidr-hpc: nothing submitted", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if check_only:
+        print(f"check: {len(plan.points)} run(s) the cluster would take, nothing submitted")
+        return 0
+    submitted, refused = submit.submit(plan, local, force)
+    for point, info in submitted:
         print(f"submitted job {info['job_id']}: {point.run_dir}")
-    print(f"follow with: bnnidr-hpc status {plan.target} --follow")
+    for group, reason in refused:
+        print(f"bnnidr-hpc: submit: Slurm refused {len(group)} run(s) ({group[0].config.num_nodes} node(s) x "
+              f"{group[0].config.num_gpu} GPU(s)): {reason}; not submitted: "
+              f"{', '.join(p.run_dir.name for p in group)}", file=sys.stderr)
+    if submitted:
+        print(f"follow with: bnnidr-hpc status {plan.target} --follow")
+    return EXIT_BAD_INPUT if refused else 0
+
+
+def cmd_logs(ns) -> int:
+    from . import lifecycle
+
+    run_dir = Path(ns.run_dir)
+    try:
+        return lifecycle.show_logs(run_dir, ns.rank, ns.follow)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_cancel(ns) -> int:
+    from . import lifecycle
+
+    root = Path(ns.dir)
+    if not root.is_dir():
+        raise UsageError(f"cancel: {ns.dir!r} is not a directory (give a run or sweep directory)")
+    jobs = lifecycle.cancel(root)
+    print(f"cancelled {len(jobs)} job(s): {' '.join(jobs)}" if jobs else "nothing to cancel: every job has ended")
     return 0
+
+
+def cmd_retry(ns) -> int:
+    from . import lifecycle, submit
+
+    root = Path(ns.dir)
+    if not root.is_dir():
+        raise UsageError(f"retry: {ns.dir!r} is not a directory (give a sweep or run directory)")
+    states = (["failed"] if ns.failed else []) + (["cancelled"] if ns.cancelled else [])
+    try:
+        plan = lifecycle.retry_points(root, states or None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if plan is None:
+        print(f"nothing to retry: no {'/'.join(states or lifecycle.RETRIED)} runs under {root}")
+        return 0
+    _need_slurm(False, "retry needs the cluster")
+    submit.classify(plan, force=False)
+    return _check_and_submit(plan, local=False, force=False, check_only=False)
 
 
 def cmd_status(ns) -> int:
@@ -237,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_.add_argument("--nodes", type=int, default=1, help="nodes per job")
     sub_.add_argument("--dry-run", action="store_true",
                       help="validate, print configs and sbatch scripts, submit nothing")
+    sub_.add_argument("--check", action="store_true",
+                      help="ask the cluster (sbatch --test-only, partition time limits) and submit nothing")
     sub_.add_argument("--local", action="store_true", help="run through submitit's local executor instead of Slurm")
     sub_.add_argument("--force", action="store_true", help="rerun completed runs")
     sub_.set_defaults(func=cmd_submit)
@@ -245,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--follow", action="store_true", help="print progress until every job has ended")
     st.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     st.set_defaults(func=cmd_status)
+    logs = sub.add_parser("logs", help="a submitted run's Slurm logs (stdout, stderr) over every restart")
+    logs.add_argument("run_dir")
+    logs.add_argument("--rank", type=int, default=0, help="which rank's logs (default 0)")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+    logs.set_defaults(func=cmd_logs)
+    can = sub.add_parser("cancel", help="cancel the Slurm jobs of a run or sweep directory")
+    can.add_argument("dir")
+    can.set_defaults(func=cmd_cancel)
+    ret = sub.add_parser("retry", help="resubmit a sweep's failed, cancelled and unsubmitted points (one array)")
+    ret.add_argument("dir")
+    ret.add_argument("--failed", action="store_true", help="only the failed points")
+    ret.add_argument("--cancelled", action="store_true", help="only the cancelled points")
+    ret.set_defaults(func=cmd_retry)
     est = sub.add_parser("estimate-id", help="TwoNN intrinsic dimension of the configured data set")
     est.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     est.add_argument("--sample", type=int, default=10000, help="points to estimate on (default 10000)")

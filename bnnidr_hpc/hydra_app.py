@@ -2,14 +2,19 @@
 
   python -m bnnidr_hpc.hydra_app --config-dir conf --config-name hps_00040 -m batch_size=50,100
   python -m bnnidr_hpc.hydra_app --config-dir conf --config-name hps_00040 -m \\
-      hydra/launcher=bnnidr_slurm num_gpu=2 batch_size=50,100
+      hydra/launcher=bnnidr_slurm +cluster=local_gpu num_gpu=2 batch_size=50,100
 
 conf/hydra/launcher/bnnidr_slurm.yaml (and bnnidr_local.yaml) are hydra-submitit-launcher's
-submitit_slurm (submitit_local) with tasks_per_node and gpus_per_node tied to num_gpu and the rest
-taken from the cluster profile. The launcher sizes every job of one multirun alike, so sweep
-num_gpu with `bnnidr-hpc submit --gpus 1,2,4`, not here. Every rank runs this function; it calls
-the same SlurmJob / run_local as `bnnidr-hpc`, so runs land in the same run directories, resume
-from the same checkpoints and requeue the same way.
+submitit_slurm (submitit_local) with launch() of hydra_launcher.py: every point is composed and
+validated before anything is submitted, and its job array is sized from the points' own config
+(tasks_per_node num_gpu, nodes num_nodes) and cluster profile as `bnnidr-hpc submit` sizes it
+(the GPU request gres_gpus / gpu_type say, mem_gb, setup, sbatch options, --requeue). One
+multirun is one job array of one shape, so a num_gpu or num_nodes sweep is refused before
+anything is submitted: sweep those with `bnnidr-hpc submit CONFIG --gpus 1,2,4`. A point whose run
+directory already holds a completed record is not rerun (its record is its result); a failed
+point ends the multirun (exit 1) with its run directory and error, never a wait on a job that
+is gone. Every rank runs main(); it calls the same SlurmJob / run_local as `bnnidr-hpc`, so runs
+land in the same run directories, resume from the same checkpoints and requeue the same way.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from . import hydra_launcher
 from .config import SCHEMA_NAME, ConfigError, register_schema, run_dir_for
 from .loading import to_config
 
 register_schema()
+hydra_launcher.register()  # the launchers conf/hydra/launcher/bnnidr_*.yaml name
 
 
 def _in_submitit_job() -> bool:

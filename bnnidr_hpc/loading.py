@@ -353,3 +353,12 @@ def _derive(config: Config) -> None:
 
 def load(config_path: Optional[str], overrides: List[str]) -> Config:
     return to_config(compose(config_path, overrides))
+
+
+def from_dict(data: dict) -> Config:
+    """A resolved config saved as a mapping (job.json, sweep.json), checked again."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors
+        raise ConfigError(_single(f"saved config: {exc}")) from None
+    return to_config(merged)

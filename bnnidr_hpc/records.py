@@ -9,9 +9,14 @@ Layout of a run directory (decided once, by config.run_dir_for):
   metrics.jsonl   one line per epoch, flushed as written
   checkpoint.pt   model, optimizers, RNG states and the TrainState; the last good one survives a kill
   tb/             TensorBoard events
-  job.json        submit.py: job id, executor, log paths, resources (submitted runs only)
+  job.json        submit.py: job id, executor, log paths, resources, the cluster that took the job,
+                  the frozen code's folder and the config (submitted runs only); status adds Slurm's
+                  final state once it sees one, for after the cluster has forgotten the job
   .lock           held by the one process that writes the run (host and pid inside)
   slurm/          submitit's scripts and logs (submitted runs only)
+  code/SHA/       the package as it was at submission; the job imports it (submitted runs only)
+A sweep directory holds one run directory per point, plus slurm/, code/ and sweep.json (every
+point by run directory name: its config, and why Slurm refused it if it did).
 Every file is written to a temp file in the same folder and renamed over the old one.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -44,6 +50,7 @@ CHECKPOINT = "checkpoint.pt"
 TENSORBOARD = "tb"
 JOB = "job.json"
 LOCK = ".lock"
+MANIFEST = "sweep.json"
 
 # Statuses a record can hold.
 RUNNING, COMPLETED, FAILED, INTERRUPTED, DIVERGED = "running", "completed", "failed", "interrupted", "diverged"
@@ -251,6 +258,16 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def code_state() -> dict:
+    """Where this package's code was imported from and a digest of its sources: a submitted job
+    runs a frozen copy (submit.py), named by this digest."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(here.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"path": str(here), "sha256": digest.hexdigest()[:16]}
+
+
 def process_start_time() -> float:
     """Wall-clock time this process started (Linux /proc), else now."""
     try:
@@ -281,15 +298,15 @@ def config_record(c: "Config", config_dict: dict, run_dir: Path) -> dict:
 
 
 def start_record(c: "Config", config_dict: dict, run_dir: Path, *, device_type: str, devices: List[str],
-                 steps_per_epoch: int, data_cached: bool, hostname: str, slurm_job_id: Optional[str],
+                 steps_per_epoch: int, data_cached: bool, hosts: List[str], slurm_job_id: Optional[str],
                  intrinsic_dim: dict) -> dict:
     """The record of a run that starts (or resumes) training: the config's fields and where it runs."""
     return {
         **config_record(c, config_dict, run_dir),
         "device_type": device_type, "devices": devices,
         "steps_per_epoch": steps_per_epoch, "data_cached": data_cached,
-        "hostname": hostname, "slurm_job_id": slurm_job_id,
-        "versions": versions(), "git": git_state(),
+        "hostname": hosts[0], "hosts": hosts, "slurm_job_id": slurm_job_id,  # every rank's host, by rank
+        "versions": versions(), "git": git_state(), "code": code_state(),
         "intrinsic_dim": intrinsic_dim,
     }
 

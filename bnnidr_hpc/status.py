@@ -3,14 +3,18 @@
 Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), submit.py (is a point already queued?),
 job.py (was the job cancelled?).
 
-A run's state is one of: submitted, pending, running, completed, diverged, failed, cancelled,
-interrupted, unknown. The record decides where it is final (completed, diverged, failed); Slurm's job state decides the
-rest (scontrol while the controller remembers the job, else sacct where accounting exists).
+A run's state is one of: not submitted, submitted, pending, running, completed, diverged, failed,
+cancelled, interrupted, unknown. The record decides where it is final (completed, diverged,
+failed); Slurm's job state decides the rest (scontrol while the controller remembers the job, else
+sacct where accounting exists, else the final state status saw earlier and kept in job.json). Slurm
+is asked through the configuration the job was submitted with (job.json's slurm_conf), so job ids
+of two clusters cannot be confused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -22,16 +26,18 @@ from .records import fmt
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 # The run states `status --follow` waits for.
-ENDED = {"completed", "diverged", "failed", "cancelled"}
+ENDED = {"completed", "diverged", "failed", "cancelled", "not submitted"}
 
 
-def job_state(job_id: Optional[str]) -> Dict[str, str]:
-    """scontrol's fields for a job (JobState, Restarts, Reason, ...), else sacct's state, else {}."""
+def job_state(job_id: Optional[str], slurm_conf: Optional[str] = None) -> Dict[str, str]:
+    """scontrol's fields for a job (JobState, Restarts, Reason, ...), else sacct's state, else {};
+    slurm_conf: the cluster's configuration file (default: the environment's)."""
     if not job_id:
         return {}
+    env = {**os.environ, "SLURM_CONF": slurm_conf} if slurm_conf and Path(slurm_conf).is_file() else None
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                             timeout=20)
+                             timeout=20, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     if out.returncode == 0 and out.stdout.strip():
@@ -43,7 +49,7 @@ def job_state(job_id: Optional[str]) -> Dict[str, str]:
         return fields
     try:
         acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,Restarts", "-j", str(job_id)],
-                              capture_output=True, text=True, timeout=20)
+                              capture_output=True, text=True, timeout=20, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     line = acct.stdout.strip().splitlines()[:1]
@@ -53,10 +59,26 @@ def job_state(job_id: Optional[str]) -> Dict[str, str]:
     return {}
 
 
+# Slurm's fields kept in job.json once the job has ended.
+KEPT = ("JobState", "Reason", "ExitCode", "Restarts", "NodeList")
+
+
 def slurm_view(run_dir: Path) -> Dict[str, str]:
-    """Slurm's fields for a run submitted to Slurm, else {}."""
+    """Slurm's fields for a run submitted to Slurm, else {}. A final state is kept in job.json,
+    so a job the cluster has forgotten still shows how it ended."""
     job = records.read_job(run_dir) or {}
-    return job_state(job.get("job_id")) if job.get("executor") == "slurm" else {}
+    if job.get("executor") != "slurm":
+        return {}
+    fields = job_state(job.get("job_id"), job.get("slurm_conf"))
+    if not fields:
+        return job.get("final_slurm_state") or {}
+    if fields.get("JobState") in TERMINAL and job.get("final_slurm_state") is None:
+        try:
+            records.write_json(Path(run_dir) / records.JOB,
+                               {**job, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
+        except (OSError, records.RunFileError):  # a collaborator's read-only copy: nothing kept
+            pass
+    return fields
 
 
 def last_error_line(path: Optional[str]) -> Optional[str]:
@@ -70,13 +92,26 @@ def last_error_line(path: Optional[str]) -> Optional[str]:
 
 
 def find_run_dirs(root: Path) -> List[Path]:
-    """root itself when it is a run directory, else the run directories below it, sorted."""
+    """root itself when it is a run directory, else the run directories below it and inside the
+    sweep directories below it, with the points a sweep's manifest lists that were never
+    submitted (their directories do not exist), sorted."""
     def is_run(d: Path) -> bool:
         return (d / records.RECORD).exists() or (d / records.JOB).exists()
 
     if is_run(root):
         return [root]
-    return sorted({p.parent for pattern in (records.RECORD, records.JOB) for p in root.glob(f"*/{pattern}")})
+    found = {p.parent for pattern in (records.RECORD, records.JOB) for depth in ("*", "*/*")
+             for p in root.glob(f"{depth}/{pattern}")}
+    for manifest in [root / records.MANIFEST, *root.glob(f"*/{records.MANIFEST}")]:
+        found.update(manifest.parent / name for name in (records.read_json(manifest) or {}).get("points", {}))
+    return sorted(found)
+
+
+def not_submitted(run_dir: Path) -> Optional[str]:
+    """Why Slurm refused this point of a sweep, where its manifest says so."""
+    entry = ((records.read_json(Path(run_dir).parent / records.MANIFEST) or {}).get("points") or {}).get(
+        Path(run_dir).name) or {}
+    return entry.get("not_submitted")
 
 
 def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
@@ -94,8 +129,9 @@ def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
     if slurm_state == "CANCELLED":
         return "cancelled", ""
     if status == records.FAILED or slurm_state in TERMINAL:
-        detail = rec.get("error") or last_error_line(job.get("stderr")) or slurm_state.lower()
-        return "failed", detail + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
+        if rec.get("error"):
+            return "failed", rec["error"] + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
+        return "failed", _failure_detail(job, slurm)
     if status == records.INTERRUPTED:
         return "interrupted", "run or submit it again to resume"
     if status == records.RUNNING and not job and not held:
@@ -105,6 +141,21 @@ def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
     return ("submitted" if job else "unknown"), ""
 
 
+def _failure_detail(job: dict, slurm: dict) -> str:
+    """Why a job failed that wrote no record error: its log's error line, else Slurm's reason,
+    and a log that does not exist said so (the node could not write the run directory)."""
+    stderr = job.get("stderr")
+    line = last_error_line(stderr)
+    if line:
+        return f"{line}  (log: {stderr})"
+    slurm_says = " ".join(f"{k}={slurm[k]}" for k in ("JobState", "Reason", "ExitCode", "NodeList")
+                          if slurm.get(k) and slurm[k] != "None")
+    if stderr and "%" not in stderr and not Path(stderr).exists():
+        return (f"Slurm: {slurm_says or 'failed'}; no log at {stderr}: the job's nodes could not write there "
+                "(run.root must be on a file system every node shares)")
+    return f"Slurm: {slurm_says or 'failed'}"
+
+
 def run_status(run_dir: Path) -> dict:
     """One run's state, with epoch, loss, AP, samples/s, runtime, restarts and, on failure, the error."""
     rec = records.read_record(run_dir) or {}
@@ -112,6 +163,9 @@ def run_status(run_dir: Path) -> dict:
     slurm = slurm_view(run_dir)
     restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
     state, detail = _state(rec, job, slurm, held=bool(job) or records.is_held(run_dir))
+    refused = None if (rec or job) else not_submitted(run_dir)
+    if refused:
+        state, detail = "not submitted", f"Slurm refused it: {refused}; bnnidr-hpc retry {Path(run_dir).parent}"
     if restarts and state in ("pending", "running", "completed"):
         detail = f"requeued {restarts}x" + (f"; {detail}" if detail else "")
     return {
@@ -126,12 +180,12 @@ def run_status(run_dir: Path) -> dict:
 
 
 def status_table(rows: List[dict]) -> List[str]:
-    header = (f"{'run':<28} {'job':>10} {'state':<11} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
+    header = (f"{'run':<28} {'job':>10} {'state':<13} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
               f"{'samples/s':>10} {'runtime':>8}  detail")
     lines = [header]
     for r in rows:
         epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{r['max_epochs']}"
-        lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<11} {epoch:>7} "
+        lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<13} {epoch:>7} "
                      f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r.get('ap_pca'), '.3f'):>6} "
                      f"{fmt(r['samples_per_s'], '.0f'):>10} "
                      f"{fmt(r['runtime_s'], '.1f'):>8}  {r['detail']}")

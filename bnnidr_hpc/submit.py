@@ -1,30 +1,46 @@
-"""Submission: plan a sweep (its points, their run directories, what is already done), then submit
-it through submitit, one job or job array per resource shape.
+"""Submission: plan a sweep (its points, their run directories, what is already done), check it
+against the cluster, then submit it through submitit, one job or job array per resource shape.
 
-Used by: cli.py (`bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--dry-run]`).
+Used by: cli.py (`bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--check]
+[--dry-run]`), lifecycle.py (`retry`).
 
 A plan validates every point before anything is submitted or created. Comma lists in overrides
 (Hydra's sweep syntax) and the config's own `sweep` preset make a grid; points with more than one
 member share a sweep directory named by a hash of the sweep's spec, so resubmitting finds it.
+
+What is printed is what is submitted: the sbatch script of --dry-run and --check is written by
+submitit's own executor, with the parameters submission uses. Before anything is submitted every
+group is tried with `sbatch --test-only` and its time limit compared with the partition's, so a
+point the cluster would refuse stops the whole submission with Slurm's reason. The code a job
+runs is frozen at submission: the package is copied to DIR/code/SHA/bnnidr_hpc (DIR: the sweep or
+run directory) and put first on the job's PYTHONPATH, so an edit after submitting, or a requeue
+days later, runs the code as it was; the record names the copy it ran.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import records
-from .config import Config, ConfigError, run_dir_for, to_yaml
+from .config import Config, ConfigError, run_dir_for, to_dict, to_yaml
 from .loading import compose, load
 
-# The interpreter every task starts: job_start catches a warning signal that comes before the
-# job's own handlers (job.StopFlag) are in place.
-JOB_PYTHON = f"{sys.executable} -m bnnidr_hpc.job_start"
+# The module every task starts: it catches a warning signal that comes before the job's own
+# handlers (job.StopFlag) are in place.
+JOB_START = "-m bnnidr_hpc.job_start"
 
 # What submit does with a point (Point.action).
 SUBMIT, RESUME, DONE, QUEUED, DIVERGED = "submit", "resume", "completed", "queued", "diverged"
@@ -127,100 +143,265 @@ def classify(p: Plan, force: bool) -> None:
             point.action = RESUME
 
 
+class SubmitError(Exception):
+    """Slurm refused a submission; str() is the one line with Slurm's reason."""
+
+
 def dry_run(p: Plan) -> List[str]:
     """The resolved config of every point and the sbatch script of every group."""
     lines = [f"# run directory: {point.run_dir}\n{to_yaml(point.config)}" for point in p.points]
     for group in p.groups.values():
         c = group[0].config
         lines.append(f"# sbatch script for {len(group)} run(s), {c.num_nodes} node(s) x {c.num_gpu} GPU(s)")
-        lines.append(sbatch_script(c, p.folder(group), len(group) if len(group) > 1 else None))
+        lines.append(sbatch_script(p, group))
     return lines
 
 
-def submit(p: Plan, local: bool, force: bool) -> List[Tuple[Point, dict]]:
-    """Submit the points whose action is submit or resume; (point, job info) for each."""
-    from .job import SlurmJob
+def pending_groups(p: Plan) -> List[List[Point]]:
+    """The groups with points to submit, each reduced to those points."""
+    groups = [[pt for pt in group if pt.action in (SUBMIT, RESUME)] for group in p.groups.values()]
+    return [group for group in groups if group]
 
-    submitted = []
-    for group in p.groups.values():
-        todo = [point for point in group if point.action in (SUBMIT, RESUME)]
-        if not todo:
+
+def check(p: Plan, groups: List[List[Point]]) -> List[Tuple[List[Point], Optional[str], str]]:
+    """Each group tried with `sbatch --test-only` and its time limit against its partition's:
+    (points, why Slurm would refuse or strand them or None, where it would start them)."""
+    results = []
+    for group in groups:
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="bnnidr-check-") as script:
+            script.write(sbatch_script(p, group))
+            script.flush()
+            proc = _slurm(["sbatch", "--test-only", script.name])
+        answer = _last_line(proc.stderr + proc.stdout)
+        if proc.returncode != 0:
+            results.append((group, _reason(answer), ""))
             continue
+        partition = (re.search(r"in partition (\S+)", answer) or [None, ""])[1]
+        results.append((group, _over_time_limit(group[0].config, partition), answer.replace("sbatch: ", "")))
+    return results
+
+
+def _over_time_limit(c: Config, partition: str) -> Optional[str]:
+    """Why a job over its partition's MaxTime would pend forever (--test-only does not say), or None."""
+    if not partition:
+        return None
+    fields = dict(t.split("=", 1) for t in _slurm(["scontrol", "show", "partition", "-o", partition]).stdout.split()
+                  if "=" in t)
+    limit = _minutes(fields.get("MaxTime", "UNLIMITED"))
+    if limit is not None and c.cluster.timeout_min > limit:
+        return (f"cluster.timeout_min={c.cluster.timeout_min} is over partition {partition}'s MaxTime of "
+                f"{limit} min: the job would pend forever; lower it or pick another partition")
+    return None
+
+
+def _minutes(text: str) -> Optional[int]:
+    """Slurm's [D-]HH:MM:SS (or MM:SS) in minutes; None for UNLIMITED."""
+    if text in ("UNLIMITED", "INFINITE", ""):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    parts = [0] * (3 - len(parts)) + parts
+    return (int(days or 0) * 24 + parts[0]) * 60 + parts[1] + (parts[2] > 0)
+
+
+def _slurm(cmd: List[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: {exc}")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _reason(text: str) -> str:
+    """Slurm's reason from sbatch's error output: 'sbatch: error: Batch job submission failed: X'."""
+    for marker in ("submission failed: ", "error: "):
+        if marker in text:
+            return text.split(marker, 1)[1].strip()
+    return text.strip() or "sbatch failed without a message"
+
+
+def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]], List[Tuple[List[Point], str]]]:
+    """Submit the points whose action is submit or resume: ((point, job info) for each submitted,
+    (points, Slurm's reason) for each group Slurm refused). A refused group leaves nothing behind;
+    a sweep's manifest lists every point, submitted or not."""
+    todo = pending_groups(p)
+    new_target = not p.target.exists()
+    snapshot = None if local or not todo else freeze_code(p)
+    submitted, refused = [], []
+    for group in todo:
         if force:
-            for point in todo:
+            for point in group:
                 records.set_aside(point.run_dir)
-        executor = _executor(p.folder(todo), todo[0].config, local)
-        with executor.batch():  # one array for several points: the job ids are known when the block ends
-            jobs = [executor.submit(SlurmJob(point.config, str(point.run_dir))) for point in todo]
-        for point, job in zip(todo, jobs):
+        try:
+            jobs = _submit_group(p, group, local)
+        except SubmitError as exc:
+            refused.append((group, str(exc)))
+            continue
+        controller = {} if local else cluster_identity()
+        for point, job in zip(group, jobs):
+            earlier = records.read_job(point.run_dir) or {}
+            history = earlier.pop("earlier_jobs", []) + ([{k: earlier.get(k) for k in ("job_id", "stdout", "stderr")}]
+                                                         if earlier.get("job_id") else [])
             info = {"job_id": str(job.job_id), "submitted_at": time.time(), "executor": "local" if local else "slurm",
                     "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                     "submitit_folder": str(job.paths.folder), "nodes": point.config.num_nodes,
-                    "gpus_per_node": point.config.num_gpu, "cluster": point.config.cluster.name}
+                    "gpus_per_node": point.config.num_gpu, "cluster": point.config.cluster.name,
+                    **controller, "code": str(snapshot) if snapshot else None, "config": to_dict(point.config),
+                    "earlier_jobs": history}  # a resubmitted run's earlier jobs, for `logs`
             point.run_dir.mkdir(parents=True, exist_ok=True)
             records.write_json(point.run_dir / records.JOB, info)
             submitted.append((point, info))
-    return submitted
+    if new_target and not submitted:
+        shutil.rmtree(p.target, ignore_errors=True)  # nothing of a refused submission is left behind
+    elif p.sweep_dir is not None:
+        write_manifest(p, refused)
+    return submitted, refused
+
+
+def _submit_group(p: Plan, group: List[Point], local: bool) -> list:
+    """One job, or one array for several points; a refusal removes what submitit wrote for it."""
+    from .job import SlurmJob
+
+    folder = p.folder(group)
+    before = set(folder.iterdir()) if folder.is_dir() else None
+    executor = _local_executor(folder, group[0].config) if local else slurm_executor(p, group)
+    try:
+        with executor.batch():  # one array for several points: the job ids are known when the block ends
+            jobs = [executor.submit(SlurmJob(point.config, str(point.run_dir))) for point in group]
+    except Exception as exc:  # noqa: BLE001 - submitit raises its own types around sbatch's message
+        if before is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for path in set(folder.iterdir()) - before:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise SubmitError(_reason(_last_line(str(exc).replace("\\n", "\n")))) from None
+    return jobs
+
+
+def write_manifest(p: Plan, refused: List[Tuple[List[Point], str]]) -> None:
+    """The sweep's points by run directory: their config and, where Slurm refused one, why."""
+    path = p.sweep_dir / records.MANIFEST
+    manifest = records.read_json(path) or {"points": {}}
+    why = {point.run_dir.name: reason for group, reason in refused for point in group}
+    for point in p.points:
+        entry = manifest["points"].setdefault(point.run_dir.name, {})
+        entry.update(config=to_dict(point.config), nodes=point.config.num_nodes, gpus_per_node=point.config.num_gpu)
+        if point.run_dir.name in why:
+            entry["not_submitted"] = why[point.run_dir.name]
+        elif point.action in (SUBMIT, RESUME):
+            entry.pop("not_submitted", None)
+    records.write_json(path, manifest)
+
+
+def cluster_identity() -> dict:
+    """Which controller took the job (its configuration file, cluster name and host), so that
+    status asks that cluster and not whichever one the environment points at later."""
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    fields = {}
+    for line in _slurm(["scontrol", "show", "config"]).stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("ClusterName", "SlurmctldHost[0]"):
+            fields[key.strip()] = value.strip()
+    return {"slurm_conf": str(Path(conf).resolve()), "slurm_cluster": fields.get("ClusterName"),
+            "slurm_controller": fields.get("SlurmctldHost[0]")}
+
+
+def code_dir(p: Plan) -> Path:
+    """Where a submission's jobs find their code: DIR/code/SHA (the sources' digest)."""
+    return p.target / "code" / records.code_state()["sha256"]
+
+
+def freeze_code(p: Plan) -> Path:
+    """Copy the package to code_dir(p) once (atomically: a copy is complete or absent)."""
+    dest = code_dir(p)
+    if not (dest / "bnnidr_hpc").is_dir():
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+        shutil.copytree(Path(records.code_state()["path"]), partial / "bnnidr_hpc",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            os.rename(partial, dest)
+        except OSError:  # another submission made it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return dest
 
 
 def slurm_available() -> Optional[str]:
     """None when sbatch and a reachable controller are here, else why not (one line)."""
-    import shutil
-    import subprocess
-
     if not shutil.which("sbatch"):
         return "no Slurm on this machine (sbatch not found)"
-    try:
-        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return "the Slurm controller does not answer (sinfo timed out)"
+    probe = _slurm(["sinfo", "-h", "-o", "%P"])
     if probe.returncode != 0:
-        return f"the Slurm controller does not answer ({(probe.stderr.strip().splitlines() or ['sinfo failed'])[-1]})"
+        return f"the Slurm controller does not answer ({_last_line(probe.stderr) or 'sinfo failed'})"
     return None
 
 
-def _executor_parameters(c: Config, local: bool) -> dict:
+def slurm_parameters(c: Config, code: Path) -> dict:
+    """sbatch's options for one point, in submitit's SlurmExecutor names."""
     cl = c.cluster
-    gpus = c.num_gpu if (cl.gres_gpus and not local) else 0
-    if local:
-        import torch
-
-        gpus = c.num_gpu if torch.cuda.is_available() else 0
-    params = dict(name=f"bnnidr-{c.run.name or 'run'}", nodes=c.num_nodes, tasks_per_node=c.num_gpu,
-                  gpus_per_node=gpus, cpus_per_task=cl.cpus_per_task, timeout_min=cl.timeout_min)
+    params = dict(job_name=f"bnnidr-{c.run.name or 'run'}", nodes=c.num_nodes, ntasks_per_node=c.num_gpu,
+                  cpus_per_task=cl.cpus_per_task, time=cl.timeout_min, signal_delay_s=cl.signal_delay_s,
+                  # The frozen code first, also before a checkout in the working directory (which
+                  # `python -m` would put first, unless PYTHONSAFEPATH: Python 3.11+); then the
+                  # profile's lines, which may change the interpreter.
+                  setup=[f"export PYTHONSAFEPATH=1 PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}",
+                         *cl.setup])
+    if cl.gres_gpus:
+        # Slurm's [type:]count; a typed --gres beside --gpus-per-node is an invalid specification.
+        params["gpus_per_node"] = f"{cl.gpu_type}:{c.num_gpu}" if cl.gpu_type else c.num_gpu
     if cl.mem_gb is not None:
-        params["mem_gb"] = cl.mem_gb
-    if not local:
-        slurm = dict(partition=cl.partition, account=cl.account, qos=cl.qos, constraint=cl.constraint,
-                     signal_delay_s=cl.signal_delay_s, setup=list(cl.setup) or None,
-                     additional_parameters=dict(cl.sbatch) or None)
-        params.update({f"slurm_{k}": v for k, v in slurm.items() if v is not None})
+        from submitit.slurm.slurm import _convert_mem
+
+        params["mem"] = _convert_mem(cl.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(cl, key) is not None:
+            params[key] = getattr(cl, key)
+    extra = {str(k).replace("_", "-"): v for k, v in cl.sbatch.items()}
+    # Requeueable even where the cluster's JobRequeue=0, unless the profile says no-requeue.
+    params["additional_parameters"] = extra if "no-requeue" in extra else {"requeue": True, **extra}
     return params
 
 
-def _executor(folder: Path, c: Config, local: bool):
-    import submitit
+@functools.lru_cache(maxsize=None)
+def _executor_class():
+    from submitit.slurm.slurm import SlurmExecutor
 
-    if local:
-        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local")
-    else:
-        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_python=JOB_PYTHON)
-    executor.update_parameters(**_executor_parameters(c, local))
+    class ScriptingSlurmExecutor(SlurmExecutor):
+        """submitit's Slurm executor, which also writes its script where srun is missing (--dry-run)."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    return ScriptingSlurmExecutor
+
+
+def slurm_executor(p: Plan, group: List[Point]):
+    """The executor that submits a group, also the one that writes --dry-run's and --check's script."""
+    c = group[0].config
+    python = c.cluster.python or shlex.quote(sys.executable)
+    executor = _executor_class()(folder=str(p.folder(group) / "%j"), python=f"{python} {JOB_START}")
+    executor.update_parameters(**slurm_parameters(c, code_dir(p)))
     return executor
 
 
-def sbatch_script(c: Config, folder: Path, array_size: Optional[int] = None) -> str:
-    """The sbatch script submit would write, for --dry-run."""
-    from submitit.slurm.slurm import _make_sbatch_string
+def sbatch_script(p: Plan, group: List[Point]) -> str:
+    """Exactly the script submitit writes for the group (an array of len(group) when > 1)."""
+    executor = slurm_executor(p, group)
+    if len(group) > 1:
+        executor.parameters["map_count"] = len(group)  # what submitit's array submission sets
+    return executor._make_submission_file_text(executor._submitit_command_str, "")
 
-    params = {k[len("slurm_"):] if k.startswith("slurm_") else k: v
-              for k, v in _executor_parameters(c, local=False).items()}
-    params["job_name"] = params.pop("name")
-    params["time"] = params.pop("timeout_min")
-    params["ntasks_per_node"] = params.pop("tasks_per_node")
-    if "mem_gb" in params:
-        params["mem"] = f"{int(params.pop('mem_gb'))}GB"
-    if not params["gpus_per_node"]:
-        params.pop("gpus_per_node")
-    command = f"{JOB_PYTHON} -u -m submitit.core._submit {folder}"
-    return _make_sbatch_string(command=command, folder=str(folder / "%j"), map_count=array_size, **params)
+
+def _local_executor(folder: Path, c: Config):
+    import submitit
+    import torch
+
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local")
+    executor.update_parameters(name=f"bnnidr-{c.run.name or 'run'}", nodes=1, tasks_per_node=c.num_gpu,
+                               gpus_per_node=c.num_gpu if torch.cuda.is_available() else 0,
+                               cpus_per_task=c.cluster.cpus_per_task, timeout_min=c.cluster.timeout_min)
+    return executor

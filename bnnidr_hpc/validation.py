@@ -13,6 +13,7 @@ import dataclasses
 import fnmatch
 import math
 import os
+import re
 from pathlib import Path
 
 from .config import (
@@ -218,6 +219,16 @@ def _check_evaluation_and_resources(c: Config) -> None:
         _positive("cluster.mem_gb", cl.mem_gb, float)
     for g in c.sweep.gpus:
         _positive("sweep.gpus", g)
+    if cl.gpu_type is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(cl.gpu_type)):
+        _fail("cluster.gpu_type", cl.gpu_type, "a GPU type as the cluster's gres names it, e.g. a100 or h100")
+    if cl.gpu_type is not None and not cl.gres_gpus:
+        _fail("cluster.gpu_type", cl.gpu_type, "only with cluster.gres_gpus=true (a GPU type asks Slurm for GPUs)")
+    if cl.python is not None and (not isinstance(cl.python, str) or not cl.python.strip()):
+        _fail("cluster.python", cl.python, "an interpreter command, e.g. python or /path/to/env/bin/python")
+    for k in cl.sbatch:
+        if str(k).replace("_", "-") in ("gres", "gpus-per-node", "gpus", "ntasks-per-node", "nodes"):
+            _fail(f"cluster.sbatch.{k}", cl.sbatch[k], "set by the toolkit from --gpus/--nodes; for a GPU type "
+                  "use cluster.gpu_type")
     # OmegaConf lets a mapping through into these; they become lines of the sbatch script.
     for i, line in enumerate(cl.setup):
         if not isinstance(line, str):
