@@ -266,3 +266,40 @@ def test_a_run_resumes_only_on_the_device_type_its_data_were_made_on(tiny):
     with pytest.raises(ConfigError, match="data were made on cuda and it resumes on cpu"):
         train(tiny("max_epochs=2"), rd)
     assert record(rd)["status"] == "completed"  # refusing to resume is not the run's failure
+
+
+def test_a_job_that_failed_before_writing_anything_says_why_from_slurm(tmp_path):
+    # What status kept of a job whose node could not write the run directory (no shared file
+    # system): Slurm's final state, and a log path that does not exist.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    missing = tmp_path / "not-on-this-node" / "7_0_log.err"
+    records.write_json(run_dir / records.JOB, {
+        "job_id": "99999998", "executor": "slurm", "stderr": str(missing),
+        "slurm_conf": str(tmp_path / "no-such.conf"),
+        "final_slurm_state": {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "1:0",
+                              "NodeList": "gpu2"}})
+    row = status.run_status(run_dir)
+    assert row["state"] == "failed"
+    assert "JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0 NodeList=gpu2" in row["detail"]
+    assert f"no log at {missing}" in row["detail"] and "file system every node shares" in row["detail"]
+
+
+def test_a_rendezvous_nobody_serves_fails_within_the_timeout_naming_address_and_port():
+    port = distributed.free_port()
+    info = distributed.describe({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    started = time.time()
+    with pytest.raises(distributed.RendezvousFailed, match=f"rendezvous at 127.0.0.1:{port} failed"):
+        distributed.init(info, torch.device("cpu"), timeout_s=2.0)
+    assert time.time() - started < 15
+
+
+def test_slurm_ranks_meet_at_the_first_nodes_address_on_a_port_below_the_ephemeral_range():
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+           "SLURMD_NODENAME": "gpu2", "SLURM_JOB_NODELIST": "localhost"}
+    info = distributed.describe(env)
+    assert (info.rank, info.world_size, info.local_rank, info.hostname) == (1, 4, 1, "gpu2")
+    assert info.master_port == 20000 + 123456 % 12000 and info.master_port < 32768
+    # a setup line's MASTER_ADDR / MASTER_PORT win
+    info = distributed.describe({**env, "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"})
+    assert (info.master_addr, info.master_port) == ("10.1.2.3", 23456)

@@ -111,7 +111,7 @@ def test_sweep_is_one_array_and_a_resubmission_is_not_rerun(tmp_path, capsys):
 def test_dry_run_prints_scripts_and_submits_nothing(tmp_path, capsys):
     out = submit(capsys, str(REPO / "conf" / "imagenet_scale.yaml"), f"run.root={tmp_path}", "cluster=example_a100",
                  "--gpus", "1,4", "batch_size=128,256", "--dry-run")
-    assert out.count("#SBATCH --gpus-per-node=4") == 1 and out.count("#SBATCH --ntasks-per-node=4") == 1
+    assert out.count("#SBATCH --gpus-per-node=a100:4") == 1 and out.count("#SBATCH --ntasks-per-node=4") == 1
     assert out.count("#SBATCH --array=0-1%2") == 2
     assert "#SBATCH --partition=gpu" in out and "module load cuda/12.4" in out
     assert out.count("batch_size: 256") == 2 and "4 run(s) validated, nothing submitted" in out
