@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,12 @@ def tiny(tmp_path):
         return load(config, TINY + [f"run.root={tmp_path / 'runs'}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start (or reuse) the local cluster (slurm/start.sh); a missing Slurm is a failure, not a skip."""
+    os.environ.setdefault("SLURM_CONF", os.path.join(os.environ.get("BNNIDR_SLURM_DIR", "/tmp/bnnidr-slurm"),
+                                                     "slurm.conf"))
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "start.sh")], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"slurm/start.sh failed: {proc.stderr}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY
-from test_slurm import LONG, SGD, cluster, ended, record, run_dirs_of, submit, wait_for  # noqa: F401
+from test_slurm import LONG, SGD, ended, record, run_dirs_of, submit, wait_for
 
 from bnnidr_hpc import cli
 from bnnidr_hpc import submit as submitting
@@ -22,7 +22,7 @@ from bnnidr_hpc.records import read_job
 from bnnidr_hpc.status import job_state, run_status
 from bnnidr_hpc.train import train
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 GPU = [o if o != "cluster=local" else "cluster=local_gpu" for o in SGD]
 

@@ -15,19 +15,10 @@ from conftest import REPO, TINY
 from bnnidr_hpc.hydra_launcher import executor_parameters, profile_parameters
 from bnnidr_hpc.loading import load
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 # TINY with two epochs; batch_size is each test's sweep.
 SMALL = [o for o in TINY if not o.startswith(("batch_size=", "max_epochs="))] + ["max_epochs=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    """Start (or reuse) the local cluster; a missing Slurm is a failure, not a skip."""
-    os.environ.setdefault("SLURM_CONF", os.path.join(os.environ.get("BNNIDR_SLURM_DIR", "/tmp/bnnidr-slurm"),
-                                                     "slurm.conf"))
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "start.sh")], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"slurm/start.sh failed: {proc.stderr}"
 
 
 def multirun_args(base: Path, name: str, *overrides) -> list:

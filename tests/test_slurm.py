@@ -1,7 +1,6 @@
 """Real jobs on the local Slurm cluster (slurm/start.sh): submit, sweep, status, cancel, requeue."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,19 +15,10 @@ from bnnidr_hpc.records import read_job
 from bnnidr_hpc.status import job_state, run_status
 from bnnidr_hpc.train import train
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 # stress: equal to 1e-5 across rank counts; umap's repulsion amplifies rounding (test_distributed.py)
 SGD = ["optimizers.0.name=sgd", "loss=stress", "cluster=local", "run.progress=false"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    """Start (or reuse) the local cluster; a missing Slurm is a failure, not a skip."""
-    os.environ.setdefault("SLURM_CONF", os.path.join(os.environ.get("BNNIDR_SLURM_DIR", "/tmp/bnnidr-slurm"),
-                                                     "slurm.conf"))
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "start.sh")], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"slurm/start.sh failed: {proc.stderr}"
 
 
 def wait_for(predicate, timeout=120, interval=1.0):
@@ -165,6 +155,9 @@ def test_interrupted_job_requeues_and_resumes_to_the_same_result(tmp_path, capsy
     rec = record(run_dir)
     assert rec["status"] == "completed" and rec["restarts"] == 1 and rec["seconds_lost"] > 0
     assert run_status(run_dir)["detail"].startswith("requeued 1x")
+    # the last rank's log holds both starts of the job (Slurm appends across a requeue)
+    assert cli.main(["logs", str(run_dir), "--rank", str(int(gpus) - 1), "--follow"]) == 0
+    assert capsys.readouterr().out.count(f"global_rank={int(gpus) - 1}({gpus})") == 2
     # The same run uninterrupted, here: same final loss and AP.
     c = load(None, TINY + SGD + LONG + [f"num_gpu={gpus}"])
     from bnnidr_hpc.job import run_local
