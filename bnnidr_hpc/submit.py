@@ -19,6 +19,7 @@ days later, runs the code as it was; the record names the copy it ran.
 
 from __future__ import annotations
 
+import compileall
 import functools
 import hashlib
 import json
@@ -322,6 +323,8 @@ def freeze_code(p: Plan) -> Path:
         partial = dest.with_name(f".{dest.name}.{os.getpid()}")
         shutil.copytree(Path(records.code_state()["path"]), partial / "bnnidr_hpc",
                         ignore=shutil.ignore_patterns("__pycache__"))
+        # Compiled once here, not by every job of a sweep as it starts (same interpreter version).
+        compileall.compile_dir(str(partial), quiet=2)
         try:
             os.rename(partial, dest)
         except OSError:  # another submission made it first
