@@ -67,17 +67,17 @@ def test_run_dir_hash_ignores_run_group_only():
 # The run directories of the shipped configs. A change here re-keys users' existing runs (no resume,
 # no dedupe): only a change of what a config trains may change them.
 GOLDEN_RUN_DIRS = {
-    "bnnidr_00047.yaml": "bnnidr_00047-0a56f457",
-    "curved_d5.yaml": "curved_d5-709347dd",
-    "hps_00040.yaml": "hps_00040-14030c65",
-    "hps_00043.yaml": "hps_00043-a7855671",
-    "imagenet_scale.yaml": "imagenet_scale-bff934df",
-    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-0a56f457",
-    "sweep_hps_00040.yaml": "sweep_hps_00040-14030c65",
-    "sweep_hps_00043.yaml": "sweep_hps_00043-a7855671",
-    "sweep_hps_00045.yaml": "sweep_hps_00045-2247461c",
-    "sweep_output_dim.yaml": "sweep_output_dim-709347dd",
-    None: "default-7dab0f64",
+    "bnnidr_00047.yaml": "bnnidr_00047-86d0afff",
+    "curved_d5.yaml": "curved_d5-e5ba4e60",
+    "hps_00040.yaml": "hps_00040-43900b3f",
+    "hps_00043.yaml": "hps_00043-31e0bdda",
+    "imagenet_scale.yaml": "imagenet_scale-fcb18d50",
+    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-86d0afff",
+    "sweep_hps_00040.yaml": "sweep_hps_00040-43900b3f",
+    "sweep_hps_00043.yaml": "sweep_hps_00043-31e0bdda",
+    "sweep_hps_00045.yaml": "sweep_hps_00045-1425255f",
+    "sweep_output_dim.yaml": "sweep_output_dim-e5ba4e60",
+    None: "default-4853d6e4",
 }
 
 

@@ -178,3 +178,14 @@ def test_umap_loss_and_gradient_match_the_plain_formula_and_rank_shares_add_up()
         assert sum(shares).item() == pytest.approx(ref.item(), rel=1e-6)
         (g_shares,) = torch.autograd.grad(sum(shares), y)
         assert torch.allclose(g_shares, g_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_umap_sigma_leaves_a_small_batch_half_a_neighbour_per_point_at_least():
+    from bnnidr_hpc.metrics import neighbour_scale
+
+    torch.manual_seed(1)
+    x = torch.randn(32, 8, dtype=torch.float64)
+    pairs = (torch.cdist(x, x) ** 2)[~torch.eye(32, dtype=torch.bool)].sort().values
+    # 0.005 of 992 ordered pairs would be the 6th smallest: 3 pairs, most points with no neighbour
+    assert neighbour_scale(x, 0.005).item() == pytest.approx(pairs[32 // 2 - 1].item(), rel=1e-9)
+    assert neighbour_scale(x, 0.2).item() == pytest.approx(pairs[round(0.2 * 991)].item(), rel=1e-9)
