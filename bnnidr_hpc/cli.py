@@ -139,6 +139,8 @@ def cmd_submit(ns) -> int:
         print(f"dry run: {len(plan.points)} run(s) validated, nothing submitted "
               f"(--check asks the cluster whether it would take them)")
         return 0
+    if ns.check and ns.local:
+        raise UsageError("submit: --check asks a Slurm cluster; it does not go with --local")
     _need_slurm(ns.local, f"train here with `bnnidr-hpc run {config_path or ''} ...` "
                           "or use `bnnidr-hpc submit --local`")
     submit.classify(plan, ns.force)
@@ -198,7 +200,7 @@ def _check_and_submit(plan, local: bool, force: bool, check_only: bool) -> int:
 def cmd_logs(ns) -> int:
     from . import lifecycle
 
-    run_dir = Path(ns.run_dir)
+    run_dir = Path(ns.run_dir).absolute()
     try:
         return lifecycle.show_logs(run_dir, ns.rank, ns.follow)
     except ValueError as exc:
@@ -208,10 +210,14 @@ def cmd_logs(ns) -> int:
 def cmd_cancel(ns) -> int:
     from . import lifecycle
 
-    root = Path(ns.dir)
+    root = Path(ns.dir).absolute()
     if not root.is_dir():
         raise UsageError(f"cancel: {ns.dir!r} is not a directory (give a run or sweep directory)")
-    jobs = lifecycle.cancel(root)
+    try:
+        jobs = lifecycle.cancel(root)
+    except RuntimeError as exc:
+        print(f"bnnidr-hpc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"cancelled {len(jobs)} job(s): {' '.join(jobs)}" if jobs else "nothing to cancel: every job has ended")
     return 0
 
@@ -219,7 +225,7 @@ def cmd_cancel(ns) -> int:
 def cmd_retry(ns) -> int:
     from . import lifecycle, submit
 
-    root = Path(ns.dir)
+    root = Path(ns.dir).absolute()
     if not root.is_dir():
         raise UsageError(f"retry: {ns.dir!r} is not a directory (give a sweep or run directory)")
     states = (["failed"] if ns.failed else []) + (["cancelled"] if ns.cancelled else [])

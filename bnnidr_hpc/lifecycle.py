@@ -73,14 +73,17 @@ def cancel(root: Path) -> List[str]:
     """scancel every job of the run or sweep that has not ended; the job ids cancelled."""
     jobs = []
     for run_dir in status.find_run_dirs(root):
-        row = status.run_status(run_dir)
-        job = records.read_job(run_dir) or {}
-        if job.get("executor") == "slurm" and row["state"] not in status.ENDED | {"interrupted"}:
+        fields = status.slurm_view(run_dir)  # {} for a job the cluster no longer knows as this run's
+        if fields and fields.get("JobState") not in status.TERMINAL:
+            job = records.read_job(run_dir)
             jobs.append((job["job_id"], job.get("slurm_conf")))
     for conf in {c for _, c in jobs}:
         ids = [j for j, c in jobs if c == conf]
         env = {**os.environ, "SLURM_CONF": conf} if conf and Path(conf).is_file() else None
-        proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60, env=env)
+        try:
+            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60, env=env)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"cancel: scancel could not run: {exc}") from None
         if proc.returncode != 0:
             raise RuntimeError(f"cancel: scancel failed: {(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
     return [j for j, _ in jobs]

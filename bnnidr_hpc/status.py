@@ -70,14 +70,18 @@ def slurm_view(run_dir: Path) -> Dict[str, str]:
     if job.get("executor") != "slurm":
         return {}
     fields = job_state(job.get("job_id"), job.get("slurm_conf"))
+    if fields.get("StdOut") and job.get("stdout") and fields["StdOut"] != job["stdout"]:
+        fields = {}  # the id now names another job (a controller started afresh numbers from 1)
     if not fields:
         return job.get("final_slurm_state") or {}
     if fields.get("JobState") in TERMINAL and job.get("final_slurm_state") is None:
-        try:
-            records.write_json(Path(run_dir) / records.JOB,
-                               {**job, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
-        except (OSError, records.RunFileError):  # a collaborator's read-only copy: nothing kept
-            pass
+        now = records.read_job(run_dir) or {}
+        if now.get("job_id") == job.get("job_id"):  # not resubmitted meanwhile
+            try:
+                records.write_json(Path(run_dir) / records.JOB,
+                                   {**now, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
+            except (OSError, records.RunFileError):  # a collaborator's read-only copy: nothing kept
+                pass
     return fields
 
 
@@ -101,7 +105,7 @@ def find_run_dirs(root: Path) -> List[Path]:
     if is_run(root):
         return [root]
     found = {p.parent for pattern in (records.RECORD, records.JOB) for depth in ("*", "*/*")
-             for p in root.glob(f"{depth}/{pattern}")}
+             for p in root.glob(f"{depth}/{pattern}") if ".replaced-" not in p.parent.name}  # set aside by --force
     for manifest in [root / records.MANIFEST, *root.glob(f"*/{records.MANIFEST}")]:
         found.update(manifest.parent / name for name in (records.read_json(manifest) or {}).get("points", {}))
     return sorted(found)

@@ -119,7 +119,7 @@ def plan(config_path: Optional[str], overrides: List[str], gpus: Optional[List[i
             extra = [f"num_nodes={nodes}"] + ([f"num_gpu={g}"] if g else [])
             extra += [f"run.root={sweep_dir}"] if sweep_dir else []
             c = load(config_path, combo + extra)
-            points.append(Point(c, run_dir_for(c)))
+            points.append(Point(c, run_dir_for(c).absolute()))  # a job's working directory may differ
     return Plan(points, sweep_dir)
 
 
@@ -200,9 +200,12 @@ def _minutes(text: str) -> Optional[int]:
     if text in ("UNLIMITED", "INFINITE", ""):
         return None
     days, _, clock = text.rpartition("-")
-    parts = [int(x) for x in clock.split(":")]
-    parts = [0] * (3 - len(parts)) + parts
-    return (int(days or 0) * 24 + parts[0]) * 60 + parts[1] + (parts[2] > 0)
+    try:
+        parts = [int(x) for x in clock.split(":")]
+        parts = [0] * (3 - len(parts)) + parts
+        return (int(days or 0) * 24 + parts[0]) * 60 + parts[1] + (parts[2] > 0)
+    except ValueError:  # a form this parser does not know: no limit to check against
+        return None
 
 
 def _slurm(cmd: List[str]) -> subprocess.CompletedProcess:
@@ -230,13 +233,13 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
     (points, Slurm's reason) for each group Slurm refused). A refused group leaves nothing behind;
     a sweep's manifest lists every point, submitted or not."""
     todo = pending_groups(p)
+    if force:  # before the code is frozen: a single run's frozen code lives in its run directory
+        for point in (pt for group in todo for pt in group):
+            records.set_aside(point.run_dir)
     new_target = not p.target.exists()
     snapshot = None if local or not todo else freeze_code(p)
     submitted, refused = [], []
     for group in todo:
-        if force:
-            for point in group:
-                records.set_aside(point.run_dir)
         try:
             jobs = _submit_group(p, group, local)
         except SubmitError as exc:
@@ -265,6 +268,8 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
 
 def _submit_group(p: Plan, group: List[Point], local: bool) -> list:
     """One job, or one array for several points; a refusal removes what submitit wrote for it."""
+    from submitit.core.utils import FailedJobError
+
     from .job import SlurmJob
 
     folder = p.folder(group)
@@ -273,7 +278,7 @@ def _submit_group(p: Plan, group: List[Point], local: bool) -> list:
     try:
         with executor.batch():  # one array for several points: the job ids are known when the block ends
             jobs = [executor.submit(SlurmJob(point.config, str(point.run_dir))) for point in group]
-    except Exception as exc:  # noqa: BLE001 - submitit raises its own types around sbatch's message
+    except (FailedJobError, subprocess.CalledProcessError, OSError) as exc:  # sbatch refused or failed to run
         if before is None:
             shutil.rmtree(folder, ignore_errors=True)
         else:
@@ -350,7 +355,10 @@ def slurm_parameters(c: Config, code: Path) -> dict:
                   # The frozen code first, also before a checkout in the working directory (which
                   # `python -m` would put first, unless PYTHONSAFEPATH: Python 3.11+); then the
                   # profile's lines, which may change the interpreter.
-                  setup=[f"export PYTHONSAFEPATH=1 PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}",
+                  # Rank variables in the submitter's environment (sbatch passes it on) must not
+                  # describe the job's ranks; a setup line may still set MASTER_ADDR.
+                  setup=["unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT",
+                         f"export PYTHONSAFEPATH=1 PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}",
                          *cl.setup])
     if cl.gres_gpus:
         # Slurm's [type:]count; a typed --gres beside --gpus-per-node is an invalid specification.

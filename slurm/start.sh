@@ -96,7 +96,10 @@ fi
 if [ $changed = 1 ]; then
   # A new configuration: restart the daemons that run with the old one.
   for pid in "$DIR"/run/slurmd*.pid "$DIR/run/slurmctld.pid"; do
-    running "$pid" && kill "$(cat "$pid")" && sleep 1 || true
+    if running "$pid"; then
+      kill "$(cat "$pid")" || true
+      for i in $(seq 1 20); do running "$pid" || break; sleep 0.5; done
+    fi
   done
 fi
 # A fresh controller forgets earlier jobs (-c): this cluster is for tests and demos.

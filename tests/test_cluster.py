@@ -175,10 +175,18 @@ def test_status_asks_the_cluster_that_took_the_job_and_keeps_its_final_state(tmp
     wait_for(lambda: run_status(run_dir)["state"] == "cancelled", timeout=60)
     kept = read_job(run_dir)["final_slurm_state"]
     assert kept["JobState"] == "CANCELLED"
-    # once the cluster has forgotten the job (here: a job id it never had), the kept state shows
+    # once the cluster has forgotten the job (here: a job id it never had), or its id names another
+    # job (a controller started afresh numbers from 1 again), the kept state shows
     info = read_job(run_dir)
-    (run_dir / "job.json").write_text(json.dumps({**info, "job_id": "99999999"}))
-    assert run_status(run_dir)["state"] == "cancelled"
+    other = subprocess.run(["sbatch", "--parsable", "--hold", "--wrap", "true"], capture_output=True, text=True,
+                           check=True, env={**os.environ, "SLURM_CONF": info["slurm_conf"]}).stdout.strip()
+    for job_id in ("99999999", other):
+        (run_dir / "job.json").write_text(json.dumps({**info, "job_id": job_id}))
+        assert run_status(run_dir)["state"] == "cancelled"
+    assert cli.main(["cancel", str(tmp_path)]) == 0  # and cancel leaves the other job alone
+    assert "nothing to cancel" in capsys.readouterr().out
+    assert job_state(other, info["slurm_conf"])["JobState"] == "PENDING"
+    subprocess.run(["scancel", other], env={**os.environ, "SLURM_CONF": info["slurm_conf"]})
 
 
 def test_cancel_a_sweep_then_retry_its_cancelled_points_as_one_array(tmp_path, capsys):

@@ -303,3 +303,13 @@ def test_slurm_ranks_meet_at_the_first_nodes_address_on_a_port_below_the_ephemer
     # a setup line's MASTER_ADDR / MASTER_PORT win
     info = distributed.describe({**env, "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"})
     assert (info.master_addr, info.master_port) == ("10.1.2.3", 23456)
+
+
+def test_status_leaves_out_run_directories_set_aside_by_force_and_unknown_time_limits_check_nothing(tmp_path):
+    from bnnidr_hpc.submit import _minutes
+
+    for name in ("a", "a.replaced-20261203-101010"):
+        (tmp_path / name).mkdir()
+        records.write_json(tmp_path / name / records.RECORD, {"status": "completed"})
+    assert [d.name for d in status.find_run_dirs(tmp_path)] == ["a"]
+    assert [_minutes(t) for t in ("2:00:00", "1-00:00:00", "30:00", "UNLIMITED", "NONE")] == [120, 1440, 30, None, None]
