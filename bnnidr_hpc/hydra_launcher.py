@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -45,13 +44,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from . import records
 from .config import Config, ConfigError, run_dir_for
 from .status import TERMINAL, last_error_line
+from .submit import gpu_request, job_python, last_line, sbatch_options
 
 log = logging.getLogger(__name__)
 
 PLUGIN_PREFIX = "hydra_plugins.bnnidr_hpc."
-# The module every task starts (submit.JOB_START): a warning signal before the job's handlers exist
-# is kept, not fatal.
-JOB_START = "-m bnnidr_hpc.job_start"
 # Besides Slurm's states after which a job does not run again (status.TERMINAL): the controller
 # no longer knows the job.
 GONE = "GONE"
@@ -89,15 +86,11 @@ def profile_parameters(c: Config, launcher: Dict[str, Any], slurm: bool = True) 
     if not slurm:
         return params
     cl = c.cluster
-    extra = {str(k).replace("_", "-"): v for k, v in cl.sbatch.items()}
-    extra.update({str(k).replace("_", "-"): v for k, v in (params.get("additional_parameters") or {}).items()})
-    if "no-requeue" not in extra:  # requeueable even where the cluster's JobRequeue=0
-        extra = {"requeue": True, **extra}
+    extra = sbatch_options(cl.sbatch, params.get("additional_parameters") or {})
     gpus_given = any(params.get(k) is not None for k in ("gpus_per_node", "gres", "gpus_per_task")) or any(
         k in extra for k in ("gpus-per-node", "gres", "gpus", "gpus-per-task"))
     if cl.gres_gpus and not gpus_given:
-        # Slurm's [type:]count; submitit's typed `gpus_per_node` is an int, its slurm_ one is not checked.
-        params["gpus_per_node"] = f"{cl.gpu_type}:{c.num_gpu}" if cl.gpu_type else c.num_gpu
+        params["gpus_per_node"] = gpu_request(c)  # TYPE:N goes past AutoExecutor's int check (below)
     mem_given = params.get("mem_gb") is not None or any(params.get(k) for k in ("mem_per_cpu", "mem_per_gpu")) or any(
         k in extra for k in ("mem", "mem-per-cpu", "mem-per-gpu"))
     if cl.mem_gb is not None and not mem_given:
@@ -215,9 +208,7 @@ class _BnnidrLaunch:
                          indices: List[int]) -> List[JobReturn]:
         import submitit
 
-        c = points[0].config
-        python = c.cluster.python or shlex.quote(sys.executable)
-        init = {"folder": params["submitit_folder"], f"{self._EXECUTOR}_python": f"{python} {JOB_START}"}
+        init = {"folder": params["submitit_folder"], f"{self._EXECUTOR}_python": job_python(points[0].config)}
         if params.get("max_num_timeout") is not None:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
@@ -278,11 +269,11 @@ class _BnnidrLaunch:
             try:
                 ret = job.task(0).result() if job.num_tasks > 1 else job.result()
             except Exception as exc:  # noqa: BLE001 - submitit's FailedJobError carries the job's traceback
-                error = _last_line(str(exc))
+                error = last_line(str(exc))
             else:
                 if ret.status == JobStatus.COMPLETED:
                     return ret
-                error = _last_line(str(ret._return_value))
+                error = last_line(str(ret._return_value))
         else:
             state = _slurm_state(str(job.job_id)) if self._EXECUTOR == "slurm" else None
             error = f"job {job.job_id} ended without a result"
@@ -350,7 +341,3 @@ def _slurm_state(job_id: str) -> Optional[str]:
         return None
     return GONE if "invalid job id" in proc.stderr.lower() else None
 
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else text

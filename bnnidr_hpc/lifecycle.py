@@ -13,7 +13,6 @@ so an edited config file cannot change what is retried; the points go out as one
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -79,9 +78,9 @@ def cancel(root: Path) -> List[str]:
             jobs.append((job["job_id"], job.get("slurm_conf")))
     for conf in {c for _, c in jobs}:
         ids = [j for j, c in jobs if c == conf]
-        env = {**os.environ, "SLURM_CONF": conf} if conf and Path(conf).is_file() else None
         try:
-            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60, env=env)
+            proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60,
+                                  env=status.slurm_env(conf))
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RuntimeError(f"cancel: scancel could not run: {exc}") from None
         if proc.returncode != 0:

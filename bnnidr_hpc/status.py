@@ -29,12 +29,17 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 ENDED = {"completed", "diverged", "failed", "cancelled", "not submitted"}
 
 
+def slurm_env(slurm_conf: Optional[str]) -> Optional[dict]:
+    """The environment that points Slurm's commands at the cluster of slurm_conf (None: this one's)."""
+    return {**os.environ, "SLURM_CONF": slurm_conf} if slurm_conf and Path(slurm_conf).is_file() else None
+
+
 def job_state(job_id: Optional[str], slurm_conf: Optional[str] = None) -> Dict[str, str]:
     """scontrol's fields for a job (JobState, Restarts, Reason, ...), else sacct's state, else {};
     slurm_conf: the cluster's configuration file (default: the environment's)."""
     if not job_id:
         return {}
-    env = {**os.environ, "SLURM_CONF": slurm_conf} if slurm_conf and Path(slurm_conf).is_file() else None
+    env = slurm_env(slurm_conf)
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
                              timeout=20, env=env)

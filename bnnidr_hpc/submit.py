@@ -173,7 +173,7 @@ def check(p: Plan, groups: List[List[Point]]) -> List[Tuple[List[Point], Optiona
             script.write(sbatch_script(p, group))
             script.flush()
             proc = _slurm(["sbatch", "--test-only", script.name])
-        answer = _last_line(proc.stderr + proc.stdout)
+        answer = last_line(proc.stderr + proc.stdout)
         if proc.returncode != 0:
             results.append((group, _reason(answer), ""))
             continue
@@ -215,7 +215,8 @@ def _slurm(cmd: List[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: {exc}")
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line of text, stripped ("" for none)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
@@ -238,14 +239,14 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
             records.set_aside(point.run_dir)
     new_target = not p.target.exists()
     snapshot = None if local or not todo else freeze_code(p)
-    submitted, refused = [], []
+    submitted, refused, controller = [], [], {}
     for group in todo:
         try:
             jobs = _submit_group(p, group, local)
         except SubmitError as exc:
             refused.append((group, str(exc)))
             continue
-        controller = {} if local else cluster_identity()
+        controller = controller if local or submitted else cluster_identity()
         for point, job in zip(group, jobs):
             earlier = records.read_job(point.run_dir) or {}
             history = earlier.pop("earlier_jobs", []) + ([{k: earlier.get(k) for k in ("job_id", "stdout", "stderr")}]
@@ -284,7 +285,7 @@ def _submit_group(p: Plan, group: List[Point], local: bool) -> list:
         else:
             for path in set(folder.iterdir()) - before:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        raise SubmitError(_reason(_last_line(str(exc).replace("\\n", "\n")))) from None
+        raise SubmitError(_reason(last_line(str(exc).replace("\\n", "\n")))) from None
     return jobs
 
 
@@ -343,7 +344,7 @@ def slurm_available() -> Optional[str]:
         return "no Slurm on this machine (sbatch not found)"
     probe = _slurm(["sinfo", "-h", "-o", "%P"])
     if probe.returncode != 0:
-        return f"the Slurm controller does not answer ({_last_line(probe.stderr) or 'sinfo failed'})"
+        return f"the Slurm controller does not answer ({last_line(probe.stderr) or 'sinfo failed'})"
     return None
 
 
@@ -361,8 +362,7 @@ def slurm_parameters(c: Config, code: Path) -> dict:
                          f"export PYTHONSAFEPATH=1 PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}",
                          *cl.setup])
     if cl.gres_gpus:
-        # Slurm's [type:]count; a typed --gres beside --gpus-per-node is an invalid specification.
-        params["gpus_per_node"] = f"{cl.gpu_type}:{c.num_gpu}" if cl.gpu_type else c.num_gpu
+        params["gpus_per_node"] = gpu_request(c)
     if cl.mem_gb is not None:
         from submitit.slurm.slurm import _convert_mem
 
@@ -370,10 +370,25 @@ def slurm_parameters(c: Config, code: Path) -> dict:
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(cl, key) is not None:
             params[key] = getattr(cl, key)
-    extra = {str(k).replace("_", "-"): v for k, v in cl.sbatch.items()}
-    # Requeueable even where the cluster's JobRequeue=0, unless the profile says no-requeue.
-    params["additional_parameters"] = extra if "no-requeue" in extra else {"requeue": True, **extra}
+    params["additional_parameters"] = sbatch_options(cl.sbatch)
     return params
+
+
+def gpu_request(c: Config):
+    """--gpus-per-node: Slurm's [type:]count (a typed --gres beside it is an invalid specification)."""
+    return f"{c.cluster.gpu_type}:{c.num_gpu}" if c.cluster.gpu_type else c.num_gpu
+
+
+def sbatch_options(*option_sets: dict) -> dict:
+    """Further sbatch options (later sets win), with --requeue: requeueable even where the
+    cluster's JobRequeue=0, unless they say no-requeue."""
+    extra = {str(k).replace("_", "-"): v for options in option_sets for k, v in options.items()}
+    return extra if "no-requeue" in extra else {"requeue": True, **extra}
+
+
+def job_python(c: Config) -> str:
+    """What every task of c's job runs: the profile's interpreter (else this one) on JOB_START."""
+    return f"{c.cluster.python or shlex.quote(sys.executable)} {JOB_START}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -393,8 +408,7 @@ def _executor_class():
 def slurm_executor(p: Plan, group: List[Point]):
     """The executor that submits a group, also the one that writes --dry-run's and --check's script."""
     c = group[0].config
-    python = c.cluster.python or shlex.quote(sys.executable)
-    executor = _executor_class()(folder=str(p.folder(group) / "%j"), python=f"{python} {JOB_START}")
+    executor = _executor_class()(folder=str(p.folder(group) / "%j"), python=job_python(c))
     executor.update_parameters(**slurm_parameters(c, code_dir(p)))
     return executor
 
