@@ -1,7 +1,9 @@
 """How small can the output be? output_dim sweeps of the default reducer and of PCA on spheres of
 known intrinsic dimension (linear and curved, d = 5, 10, 20) and on scikit-learn's digits, read
 with collect's output_dim view: the smallest output_dim keeping >= 0.95 of the input AP (the
-knee), beside TwoNN's estimate of the input's intrinsic dimension.
+knee), beside TwoNN's estimate of the input's intrinsic dimension and beside the one-run estimate
+of relevance_prior (relevance.py) at output_dim 32: the shortest prefix of its ordered units that
+keeps >= 0.95 of the input AP.
 
   python benchmarks/bench_output_dim.py [--quick]      # --quick: d = 5 and digits only
 
@@ -35,6 +37,10 @@ def sweep(name: str, config, overrides: list, root: Path) -> dict:
         c = load(config, overrides + QUIET + [f"output_dim={k}", f"run.root={root / name}"])
         recs.append(train(c, run_dir_for(c)))
     (group,) = output_dim_view.groups(recs, _group_key)
+    c = load(config, overrides + QUIET + [f"output_dim={SIZES[-1]}", "relevance_prior=true", f"run.root={root / name}"])
+    relevance = train(c, run_dir_for(c))["relevance"]
+    group["relevance"] = relevance["dimension"]
+    group["relevance_run"] = relevance
     print(f"\n{name}: {output_dim_view.summary(group)}", flush=True)
     return group
 
@@ -52,10 +58,11 @@ def main():
         results["digits"] = sweep("digits", None, [o for o in digits_files(tmp) if not o.startswith("output_dim")],
                                   tmp)
     print(f"\n== output_dim knees ({'quick' if quick else 'full'}) on {machine()}")
-    print("| data | TwoNN of the input | reducer knee | PCA knee |\n|---|---|---|---|")
+    print("| data | TwoNN of the input | reducer knee | one-run estimate (relevance prior) | PCA knee |\n"
+          "|---|---|---|---|---|")
     for name, g in results.items():
         twonn = f"{g['twonn']:.1f}" if g["twonn"] is not None else "-"
-        print(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['pca_knee'] or '> 32'} |")
+        print(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['relevance'] or '> 32'} | {g['pca_knee'] or '> 32'} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "output_dim.json").write_text(json.dumps({"benchmark": "output_dim", "quick": quick,
                                                          "machine": machine(), "rows": [], "groups": results},

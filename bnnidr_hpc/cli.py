@@ -69,7 +69,15 @@ def _summary(record: dict) -> str:
             f"{fmt(record.get('ap_out_se'))} (retention {fmt(record['ap_retention'], '.3f')}, knn "
             f"{fmt(record.get('knn_recall'), '.3f')})\n"
             f"  at output_dim {record['output_dim']}: {beside}"
-            + (f"\n  {record['ap_note']}" if record.get("ap_note") else ""))
+            + (f"\n  {record['ap_note']}" if record.get("ap_note") else "")
+            + (f"\n  {_relevance_line(record['relevance'])}" if isinstance(record.get("relevance"), dict) else ""))
+
+
+def _relevance_line(rel: dict) -> str:
+    """relevance_prior's one-run estimate (relevance.py)."""
+    return (f"relevance prior (centred on TwoNN {fmt(rel.get('centre'), '.1f')}): the shortest prefix of the units "
+            f"keeping >= {rel.get('keep')} of the input AP: {rel.get('dimension') or 'none'}; of the whole output's "
+            f"knn_recall: {rel.get('dimension_knn_recall') or 'none'}")
 
 
 def cmd_run(ns) -> int:

@@ -256,6 +256,9 @@ class Config:
     batch_norm: bool = False
     skip_steps: int = 0  # 0 = none; k >= 2: hidden layer i also feeds layer i+k
     bayesian: bool = False
+    # a prior over how many output units are on, centred on TwoNN, that orders the units by relevance
+    # and estimates in one run the smallest output_dim keeping the input's AP (relevance.py)
+    relevance_prior: bool = False
     # fp32, or bf16: bfloat16 matrix products (autocast) in the network and for the input-space
     # distances: the faster matrix units of GPUs and AVX512-BF16/AMX CPUs, at bfloat16's 8-bit
     # mantissa (figures: docs/performance.md)

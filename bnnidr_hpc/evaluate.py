@@ -61,16 +61,26 @@ class Evaluator:
 
     def _scores(self, embed) -> dict:
         """AP (with its error) and knn_recall of a map from input to reduced vectors."""
+        out = embed(self.gx)
+        return {**self._ap(embed(self.qx), out), "knn_recall": knn_recall(self._near(), out[:KNN_POINTS])}
+
+    def _near(self) -> torch.Tensor:
         if self._near_in is None:
             self._near_in = nearest(self.gx[:KNN_POINTS], KNN_K)
-        out = embed(self.gx)
-        return {**self._ap(embed(self.qx), out), "knn_recall": knn_recall(self._near_in, out[:KNN_POINTS])}
+        return self._near_in
 
     def input_scores(self) -> dict:
         return self._ap(self.qx, self.gx)
 
     def model_scores(self, model: Reducer) -> dict:
         return self._scores(lambda x: model.embed(x, self.mc_samples))
+
+    def prefix_scores(self, model: Reducer) -> list:
+        """AP (with its error) and knn_recall of the first k output units, for k = 1..output_dim."""
+        queries, gallery = model.embed(self.qx, self.mc_samples), model.embed(self.gx, self.mc_samples)
+        return [{**self._ap(queries[:, :k], gallery[:, :k]),
+                 "knn_recall": knn_recall(self._near(), gallery[:KNN_POINTS, :k])}
+                for k in range(1, gallery.shape[1] + 1)]
 
     def baseline_scores(self, output_dim: int, seed: int) -> dict:
         """PCA and a random projection to output_dim, on the same queries and gallery."""

@@ -44,8 +44,18 @@ def _knee(rows: List[dict], key: str) -> Optional[int]:
     return next((r["output_dim"] for r in rows if r[key] is not None and r[key] >= KEEP), None)
 
 
+def _relevance(by_dim: Dict[int, List[dict]]) -> Optional[int]:
+    """relevance_prior's one-run estimate (relevance.py), of the group's widest run that has one."""
+    for k in sorted(by_dim, reverse=True):
+        for rec in by_dim[k]:
+            rel = rec.get("relevance")
+            if isinstance(rel, dict) and isinstance(rel.get("dimension"), int):
+                return rel["dimension"]
+    return None
+
+
 def groups(recs: List[dict], group_key) -> List[dict]:
-    """[{label, rows (one per output_dim, sorted), knee, pca_knee, twonn}] for the completed
+    """[{label, rows (one per output_dim, sorted), knee, pca_knee, twonn, relevance}] for the completed
     records, grouped by everything of their config but output_dim (group_key(config))."""
     by_group: Dict[str, Dict[int, List[dict]]] = {}
     for rec in recs:
@@ -76,7 +86,8 @@ def groups(recs: List[dict], group_key) -> List[dict]:
                   f"d={data.get('d')} p={data.get('p')} {data.get('embedding', 'linear')}"))
         out.append({"label": label, "rows": rows, "knee": _knee(rows, "ap_retention"),
                     "pca_knee": _knee(rows, "pca_retention"),
-                    "twonn": _mean(_twonn(r) for runs in by_dim.values() for r in runs)})
+                    "twonn": _mean(_twonn(r) for runs in by_dim.values() for r in runs),
+                    "relevance": _relevance(by_dim)})
     return out
 
 
@@ -85,5 +96,7 @@ def summary(group: dict) -> str:
         return str(k) if k is not None else f"none of these (all below {KEEP})"
 
     twonn = f"{group['twonn']:.1f}" if group["twonn"] is not None else "-"
+    one_run = (f"; relevance prior's one-run estimate: {group['relevance']}"
+               if group.get("relevance") is not None else "")
     return (f"smallest output_dim keeping >= {KEEP} of the input AP: reducer {knee(group['knee'])}, "
-            f"PCA {knee(group['pca_knee'])}; TwoNN of the input: {twonn}")
+            f"PCA {knee(group['pca_knee'])}; TwoNN of the input: {twonn}{one_run}")

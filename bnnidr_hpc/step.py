@@ -21,10 +21,11 @@ from .optim import Optimizers
 def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
               averager: Optional[distributed.GradientAverager] = None):
     """The training step, (this rank's batch x, the global batch or None, a function returning the
-    next step's global batch (data.NextBatch) or None) -> (stress, KL term), both detached on the
-    device: no host sync. Without the global batch the step gathers it. Given the next one, the
-    step copies it and computes its input distances (the largest product) while it waits for its
-    collectives, and uses them in the next call."""
+    next step's global batch (data.NextBatch) or None, keep: a 0/1 row over the output units or
+    None (relevance.py)) -> (stress, KL term), both detached on the device: no host sync. Without
+    the global batch the step gathers it. Given the next one, the step copies it and computes its
+    input distances (the largest product) while it waits for its collectives, and uses them in the
+    next call."""
     world = info.world_size
     averager = averager or distributed.GradientAverager(model)
     kl_scale = c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
@@ -36,7 +37,7 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
     # One function, not split: every call here is on the hot path, and the order of the waits and
     # the work done while waiting is the point of it.
     def step(x: torch.Tensor, full_x: Optional[torch.Tensor] = None,
-             next_full_x: Optional[Callable[[], torch.Tensor]] = None):
+             next_full_x: Optional[Callable[[], torch.Tensor]] = None, keep: Optional[torch.Tensor] = None):
         nonlocal ahead
         current = ahead if ahead is not None and ahead.next_batch() is full_x else None
         # Whenever the step waits for a collective it works on the next batch: copies it, then
@@ -49,6 +50,8 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
         out = out.float()  # distances of the reduced vectors stay float32: they are cheap
+        if keep is not None:
+            out = out * keep
         gathered_out = distributed.all_gather_with_grad_async(out, while_waiting)
         kl = kl_scale * model.kl() if kl_scale else zero  # the parameters alone: before any wait
         if current is not None:

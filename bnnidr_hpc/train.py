@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checkpoint, distributed, intrinsic, records, tensorboard_log
+from . import checkpoint, distributed, intrinsic, records, relevance, tensorboard_log
 from .checkpoint import TrainState
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import ShardLoader, source
@@ -142,6 +142,8 @@ class _Session:
     started: float
     process_started: float
     first_step_at: Optional[float] = None
+    relevance_centre: Optional[float] = None  # relevance_prior: TwoNN of the training data
+    relevance_prior: Optional[torch.Tensor] = None  # and P(K = k) over the output units
 
     def tensorboard(self, state: TrainState):
         """Rank 0's SummaryWriter, opened (and the graph written) at the first epoch's end: its
@@ -193,6 +195,10 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
     session = _Session(c, run_dir, info, device, model, optimizers, loader, evaluator, averager,
                        make_step(c, model, optimizers, info, averager), record, None,
                        _progress_bar(c, info.is_main, state.epoch), started, records.process_start_time())
+    if c.relevance_prior:
+        centre = (intrinsic_dim["input"]["mle"]["dimension"] if intrinsic_dim else
+                  intrinsic.estimate(data.sample(c.eval.id_sample), "mle").dimension)
+        session.relevance_centre, session.relevance_prior = centre, relevance.prior(centre, c.output_dim)
     session.update_record(state, records.RUNNING)
     return session, state
 
@@ -260,9 +266,11 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
     epoch_started = time.perf_counter()
     sums = torch.zeros(2, device=s.device)  # stress, KL: summed on the device, read once per epoch
     lrs = s.optimizers.set_lr(epoch + state.step / steps)  # also when no step is left to run
+    masks = (relevance.epoch_masks(s.relevance_prior, c.seed, epoch, steps, s.device)
+             if s.relevance_prior is not None else None)
     for step, batch in enumerate(s.loader.epoch(epoch, state.step), start=state.step):
         lrs = s.optimizers.set_lr(epoch + step / steps)
-        sums += torch.stack(s.train_step(*batch))
+        sums += torch.stack(s.train_step(*batch, keep=None if masks is None else masks[step]))
         if s.first_step_at is None:
             _first_step(s)
         stop, non_finite = _poll(stop_requested, sums, step, world)
@@ -330,6 +338,9 @@ def _finish(s: _Session, state: TrainState, status: str) -> dict:
     """The record's last word. A diverged run keeps the last finite checkpoint as it is."""
     if s.progress is not None:
         s.progress.close()
+    if status == records.COMPLETED and s.relevance_prior is not None:  # every rank: the APs are gathered
+        s.record["relevance"] = relevance.result(s.relevance_centre, s.relevance_prior,
+                                                 s.evaluator.prefix_scores(s.model), state.ap_in)
     if status == records.COMPLETED and s.info.is_main:
         s.record["intrinsic_dim"].update(s.evaluator.gallery_dimensions(s.model))
     if status == records.INTERRUPTED and s.info.is_main:
