@@ -45,6 +45,20 @@ def sweep(name: str, config, overrides: list, root: Path) -> dict:
     return group
 
 
+def table(results: dict) -> str:
+    """The README's table: the knees, and what the relevance prior's run keeps at all 32 units
+    beside the plain run at output_dim 32 (the prior trains the later units less)."""
+    lines = ["| data | TwoNN of the input | reducer knee | one-run estimate (relevance prior) | PCA knee | "
+             "retention at 32: relevance run / plain run |", "|---|---|---|---|---|---|"]
+    for name, g in results.items():
+        twonn = f"{g['twonn']:.1f}" if g["twonn"] is not None else "-"
+        widest = next(r for r in g["rows"] if r["output_dim"] == SIZES[-1])
+        kept = f"{g['relevance_run']['prefix_ap_retention'][-1]:.3f} / {widest['ap_retention']:.3f}"
+        lines.append(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['relevance'] or '> 32'} | "
+                     f"{g['pca_knee'] or '> 32'} | {kept} |")
+    return "\n".join(lines)
+
+
 def main():
     quick = quick_flag()
     ds = (5,) if quick else (5, 10, 20)
@@ -58,11 +72,7 @@ def main():
         results["digits"] = sweep("digits", None, [o for o in digits_files(tmp) if not o.startswith("output_dim")],
                                   tmp)
     print(f"\n== output_dim knees ({'quick' if quick else 'full'}) on {machine()}")
-    print("| data | TwoNN of the input | reducer knee | one-run estimate (relevance prior) | PCA knee |\n"
-          "|---|---|---|---|---|")
-    for name, g in results.items():
-        twonn = f"{g['twonn']:.1f}" if g["twonn"] is not None else "-"
-        print(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['relevance'] or '> 32'} | {g['pca_knee'] or '> 32'} |")
+    print(table(results))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "output_dim.json").write_text(json.dumps({"benchmark": "output_dim", "quick": quick,
                                                          "machine": machine(), "rows": [], "groups": results},
