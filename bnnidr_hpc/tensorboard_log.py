@@ -10,6 +10,7 @@ eval-mode graph, in which a Bayesian layer uses its posterior mean.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -21,9 +22,21 @@ SCALARS = {"loss/train": "loss", "loss/data": "data_loss", "loss/kl": "kl", "ap/
            "perf/epoch_seconds": "epoch_seconds"}
 
 
-def open_writer(run_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
+# TensorBoard's file layer imports these, for s3:// and other remote paths, wherever they are
+# installed (fsspec comes with torch): about 0.1 s of a run on this machine (fresh processes).
+# Run directories are local paths, so while TensorBoard is imported `import boto3` and
+# `import fsspec` fail, as they do where those are not installed; one already imported is used.
+REMOTE_FILE_SYSTEMS = ("boto3", "fsspec")
 
+
+def open_writer(run_dir: Path):
+    kept_out = [name for name in REMOTE_FILE_SYSTEMS if name not in sys.modules]
+    sys.modules.update({name: None for name in kept_out})
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    finally:
+        for name in kept_out:
+            del sys.modules[name]
     return SummaryWriter(str(run_dir / records.TENSORBOARD))
 
 
@@ -45,20 +58,32 @@ def log_hparams(writer, config_dict: dict, record: dict) -> None:
                        run_name="hparams")
 
 
+class _Shapes(torch.fx.Interpreter):
+    """Runs the traced graph once, keeping each node's output shape in its meta. torch.fx's own
+    ShapeProp does the same but first looks for a fake-tensor mode, which cost 0.3 s of a run's
+    start (bench_whole.py)."""
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["shape"] = tuple(result.shape)
+        return result
+
+
 def graph_def(model: torch.nn.Module, input_dim: int):
     """The model's eval-mode graph as a TensorBoard GraphDef."""
     from tensorboard.compat.proto.attr_value_pb2 import AttrValue
     from tensorboard.compat.proto.graph_pb2 import GraphDef
     from tensorboard.compat.proto.node_def_pb2 import NodeDef
     from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-    from torch.fx.passes.shape_prop import ShapeProp
 
     was = model.training
     model.eval()
     try:
         traced = torch.fx.symbolic_trace(model)
         device = next(model.parameters()).device
-        ShapeProp(traced).propagate(torch.zeros(2, input_dim, device=device))
+        with torch.no_grad():
+            _Shapes(traced).run(torch.zeros(2, input_dim, device=device))
     finally:
         model.train(was)
     modules = dict(traced.named_modules())
@@ -78,10 +103,9 @@ def graph_def(model: torch.nn.Module, input_dim: int):
             op = getattr(n.target, "__name__", str(n.target))
         else:
             op = {"placeholder": "Input", "get_attr": "Parameter", "output": "Output"}.get(n.op, n.op)
-        meta = n.meta.get("tensor_meta")
         attr = {}
-        if meta is not None and hasattr(meta, "shape"):
-            shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=s) for s in meta.shape])
+        if "shape" in n.meta:
+            shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=s) for s in n.meta["shape"]])
             attr["_output_shapes"] = AttrValue(list=AttrValue.ListValue(shape=[shape]))
         nodes.append(NodeDef(name=names[n], op=op, input=[names[a] for a in n.all_input_nodes], attr=attr))
     return GraphDef(node=nodes)

@@ -72,7 +72,10 @@ def test_tensorboard_holds_scalars_hparams_and_graph_for_bayesian_skip_model(tin
                 "perf/epoch_seconds"):
         assert tag in tags
     assert [s.step for s in acc.Scalars("loss/train")] == [1, 2, 3]
-    assert acc.Graph() is not None
+    graph = acc.Graph()
+    shapes = {n.name: [d.size for d in n.attr["_output_shapes"].list.shape[0].dim] for n in graph.node
+              if "_output_shapes" in n.attr}
+    assert shapes["x"] == [2, 32] and shapes["output"] == [2, 4]  # each node's output shape, for 2 rows
     assert (rd / "tb" / "hparams").is_dir()
 
 
