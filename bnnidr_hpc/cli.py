@@ -17,8 +17,11 @@ arguments and prints; the work is done by job.py, submit.py, status.py, intrinsi
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -389,5 +392,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def entry() -> None:
+    """The `bnnidr-hpc` command (and `python -m bnnidr_hpc.cli`): main(), then the exit without
+    Python's teardown of torch's modules, which took 0.4-0.8 s of every command on this machine
+    (a bare `import torch` as much; benchmarks/bench_whole.py). Nothing is lost by it: every file
+    a command writes is closed by then (records and checkpoints fsynced, TensorBoard's writer
+    closed), and what the normal exit would still run is run first: the wait for non-daemon
+    threads, the exit handlers (multiprocessing's joins its children), the flush of stdout/stderr."""
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
