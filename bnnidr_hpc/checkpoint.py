@@ -5,11 +5,14 @@ Used by: train.py.
 checkpoint.pt holds the model's and optimizers' state dicts, the RNG states and the TrainState.
 It is written atomically by rank 0 after every epoch and at an interruption, so the last good
 one survives a kill; every rank loads it, and a restart continues from its epoch and step.
+The epochs' checkpoints are written and fsynced on a thread of their own (Writer) while training
+goes on: 5-12 ms an epoch on this machine, 0.3-0.5 s of hps_00043's 50 epochs.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,16 +58,59 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def save(path: Path, model, optimizers, state: TrainState, device: torch.device, process_started: float) -> None:
     """The checkpoint, with when it was written and how long the run had taken by then (every
     session so far), so a restart after any end, kill -9 included, counts each session."""
+    _write(path, _serialise(model, optimizers, state, device, process_started))
+
+
+class Writer:
+    """Checkpoints written on a thread of their own, one at a time: save() takes the snapshot
+    (serialises it) in the caller's thread, then waits for the write before it and raises that
+    write's error (a full disk, as save() would have) before starting this one; wait() does the
+    same for the last one, join() waits without raising (an exception already in flight)."""
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save(self, path: Path, model, optimizers, state: TrainState, device: torch.device,
+             process_started: float) -> None:
+        blob = _serialise(model, optimizers, state, device, process_started)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(path, blob), name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def _write(self, path: Path, blob: io.BytesIO) -> None:
+        try:
+            _write(path, blob)
+        except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
+            self._error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        self.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _write(path: Path, blob: io.BytesIO) -> None:
+    records.atomic_write(path, lambda f: f.write(blob.getbuffer()), binary=True)
+
+
+def _serialise(model, optimizers, state: TrainState, device: torch.device, process_started: float) -> io.BytesIO:
     now = time.time()
     payload = {"model": model.state_dict(), "optimizers": optimizers.state_dict(),
                "state": asdict(state), "rng": _rng_state(device),
                "saved_at": now, "elapsed_s": state.seconds_before + now - process_started,
                "device_type": device.type}
     # Serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a
-    # plain write as ENOSPC.
+    # plain write as ENOSPC; and the bytes are the snapshot a Writer's thread writes.
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    records.atomic_write(path, lambda f: f.write(buffer.getbuffer()), binary=True)
+    return buffer
 
 
 def resume(path: Path, model, optimizers, device: torch.device, now: float) -> TrainState:

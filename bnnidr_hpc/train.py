@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -142,6 +142,7 @@ class _Session:
     started: float
     process_started: float
     first_step_at: Optional[float] = None
+    checkpoints: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # rank 0's epoch checkpoints
     relevance_centre: Optional[float] = None  # relevance_prior: TwoNN of the training data
     relevance_prior: Optional[torch.Tensor] = None  # and P(K = k) over the output units
 
@@ -220,6 +221,13 @@ def _write_data_files(run_dir: Path, data) -> None:
 
 
 def _train_epochs(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
+    try:
+        return _train_epochs_writing(s, state, stop_requested)
+    finally:
+        s.checkpoints.join()  # _finish raised its error, or another exception is on its way
+
+
+def _train_epochs_writing(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
     for epoch in range(state.epoch, s.c.max_epochs):
         try:
             entry = _epoch(s, state, epoch, stop_requested)
@@ -234,8 +242,8 @@ def _train_epochs(s: _Session, state: TrainState, stop_requested: Callable[[], b
         state.history.append(entry)
         s.update_record(state, records.RUNNING)
         if s.info.is_main:
-            checkpoint.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device,
-                            s.process_started)
+            s.checkpoints.save(s.run_dir / records.CHECKPOINT, s.model, s.optimizers, state, s.device,
+                               s.process_started)
             records.append_line(s.run_dir / records.METRICS, entry)
             tensorboard_log.log_epoch(s.tensorboard(state), entry)
         _show_progress(s, entry)
@@ -270,7 +278,8 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
              if s.relevance_prior is not None else None)
     for step, batch in enumerate(s.loader.epoch(epoch, state.step), start=state.step):
         lrs = s.optimizers.set_lr(epoch + step / steps)
-        sums += torch.stack(s.train_step(*batch, keep=None if masks is None else masks[step]))
+        keep = () if masks is None else (masks[step],)  # the relevance prior's units, after the batch
+        sums += torch.stack(s.train_step(*batch, *keep))
         if s.first_step_at is None:
             _first_step(s)
         stop, non_finite = _poll(stop_requested, sums, step, world)
@@ -336,6 +345,7 @@ def _first_step(s: _Session) -> None:
 
 def _finish(s: _Session, state: TrainState, status: str) -> dict:
     """The record's last word. A diverged run keeps the last finite checkpoint as it is."""
+    s.checkpoints.wait()
     if s.progress is not None:
         s.progress.close()
     if status == records.COMPLETED and s.relevance_prior is not None:  # every rank: the APs are gathered
