@@ -178,6 +178,41 @@ def test_a_full_disk_is_one_line_naming_enospc_and_the_last_checkpoint_survives(
     assert rec["status"] == "failed" and "ENOSPC" in rec["error"]
 
 
+def test_a_checkpoint_write_that_fails_on_its_thread_is_raised_by_the_next_save_and_by_wait(tiny, tmp_path,
+                                                                                             monkeypatch):
+    from bnnidr_hpc.checkpoint import TrainState, Writer
+    from bnnidr_hpc.model import Reducer
+    from bnnidr_hpc.optim import Optimizers
+
+    c = tiny()
+    model = Reducer(c.model_spec())
+    optimizers = Optimizers(c.optimizers, c.max_epochs, model)
+    path, cpu, writer = tmp_path / "checkpoint.pt", torch.device("cpu"), Writer()
+
+    def save(epoch):
+        writer.save(path, model, optimizers, TrainState(epoch=epoch), cpu, time.time())
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    save(1)
+    writer.wait()
+    assert torch.load(path, weights_only=False)["state"]["epoch"] == 1
+    with monkeypatch.context() as m:
+        m.setattr(records.os, "replace", full_disk)
+        save(2)
+        writer.join()
+    with pytest.raises(records.RunFileError, match="ENOSPC"):  # epoch 2's failed write, raised by the next save
+        save(3)
+    assert torch.load(path, weights_only=False)["state"]["epoch"] == 1  # the last good one is kept
+    with monkeypatch.context() as m:
+        m.setattr(records.os, "replace", full_disk)
+        save(3)
+        with pytest.raises(records.RunFileError, match="ENOSPC"):
+            writer.wait()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_second_run_of_the_same_config_says_who_holds_it(tiny, capsys):
     c = tiny()
     rd = run_dir_for(c)
