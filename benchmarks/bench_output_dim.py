@@ -24,6 +24,7 @@ from bnnidr_hpc import output_dim_view
 from bnnidr_hpc.collect import _group_key
 from bnnidr_hpc.config import run_dir_for
 from bnnidr_hpc.loading import load
+from bnnidr_hpc.records import fmt
 from bnnidr_hpc.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +37,10 @@ def sweep(name: str, config, overrides: list, root: Path) -> dict:
     for k in SIZES:
         c = load(config, overrides + QUIET + [f"output_dim={k}", f"run.root={root / name}"])
         recs.append(train(c, run_dir_for(c)))
-    (group,) = output_dim_view.groups(recs, _group_key)
     c = load(config, overrides + QUIET + [f"output_dim={SIZES[-1]}", "relevance_prior=true", f"run.root={root / name}"])
-    relevance = train(c, run_dir_for(c))["relevance"]
-    group["relevance"] = relevance["dimension"]
-    group["relevance_run"] = relevance
+    one_run = train(c, run_dir_for(c))
+    (group,) = output_dim_view.groups(recs + [one_run], _group_key)  # the plain sweep, and its one-run estimate
+    group["relevance_run"] = one_run.get("relevance") or {}
     print(f"\n{name}: {output_dim_view.summary(group)}", flush=True)
     return group
 
@@ -52,8 +52,8 @@ def table(results: dict) -> str:
              "retention at 32: relevance run / plain run |", "|---|---|---|---|---|---|"]
     for name, g in results.items():
         twonn = f"{g['twonn']:.1f}" if g["twonn"] is not None else "-"
-        widest = next(r for r in g["rows"] if r["output_dim"] == SIZES[-1])
-        kept = f"{g['relevance_run']['prefix_ap_retention'][-1]:.3f} / {widest['ap_retention']:.3f}"
+        widest = next((r["ap_retention"] for r in g["rows"] if r["output_dim"] == SIZES[-1]), None)
+        kept = f"{fmt((g['relevance_run'].get('prefix_ap_retention') or [None])[-1], '.3f')} / {fmt(widest, '.3f')}"
         lines.append(f"| {name} | {twonn} | {g['knee'] or '> 32'} | {g['relevance'] or '> 32'} | "
                      f"{g['pca_knee'] or '> 32'} | {kept} |")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ class TrainState:
     # or the work a kill threw away.
     seconds_lost: float = 0.0
     seconds_before: float = 0.0  # time of the earlier sessions, for the record's total_seconds
+    relevance_centre: Optional[float] = None  # relevance_prior's centre (relevance.py): rank 0's, kept
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -65,7 +66,9 @@ class Writer:
     """Checkpoints written on a thread of their own, one at a time: save() takes the snapshot
     (serialises it) in the caller's thread, then waits for the write before it and raises that
     write's error (a full disk, as save() would have) before starting this one; wait() does the
-    same for the last one, join() waits without raising (an exception already in flight)."""
+    same for the last one, join() waits without raising (an exception already in flight). So a
+    full disk is noticed one epoch later than a write in the training thread would notice it;
+    the checkpoint before the failed one is the run's."""
 
     def __init__(self):
         self._thread: Optional[threading.Thread] = None

@@ -395,17 +395,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 def entry() -> None:
     """The `bnnidr-hpc` command (and `python -m bnnidr_hpc.cli`): main(), then the exit without
     Python's teardown of torch's modules, which took 0.4-0.8 s of every command on this machine
-    (a bare `import torch` as much; benchmarks/bench_whole.py). Nothing is lost by it: every file
-    a command writes is closed by then (records and checkpoints fsynced, TensorBoard's writer
-    closed), and what the normal exit would still run is run first: the wait for non-daemon
-    threads, the exit handlers (multiprocessing's joins its children), the flush of stdout/stderr."""
+    (a bare `import torch` as much). Nothing is lost by it: every file a command writes is closed
+    by then (records and checkpoints fsynced, TensorBoard's writer closed), and what the normal
+    exit would still run is run first, in its order: threading's shutdown (non-daemon threads
+    joined, idle thread pools told to stop), the exit handlers (multiprocessing's joins its
+    children), the flush of stdout and stderr."""
     code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what Py_FinalizeEx calls first; there is no public name for it
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # `bnnidr-hpc collect ... | head`, or a closed stream
+            pass
     os._exit(code if isinstance(code, int) else 1)
 
 

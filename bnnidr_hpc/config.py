@@ -93,7 +93,8 @@ class EvalConfig:
         mc_samples: Bayesian model only: average the output of this many posterior samples
             (1 = posterior mean).
         block: queries per block when computing AP, bounding memory at block x gallery.
-        id_sample: training points on which output_dim=auto estimates the intrinsic dimension.
+        id_sample: training points on which output_dim=auto and relevance_prior estimate the intrinsic
+            dimension.
     """
 
     queries: int = 500

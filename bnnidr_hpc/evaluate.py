@@ -76,7 +76,9 @@ class Evaluator:
         return self._scores(lambda x: model.embed(x, self.mc_samples))
 
     def prefix_scores(self, model: Reducer) -> list:
-        """AP (with its error) and knn_recall of the first k output units, for k = 1..output_dim."""
+        """AP (with its error) and knn_recall of the first k output units, for k = 1..output_dim.
+        With eval.mc_samples > 1 these are other posterior draws than model_scores' (the same
+        embedding otherwise: all output_dim units give model_scores' AP)."""
         queries, gallery = model.embed(self.qx, self.mc_samples), model.embed(self.gx, self.mc_samples)
         return [{**self._ap(queries[:, :k], gallery[:, :k]),
                  "knn_recall": knn_recall(self._near(), gallery[:KNN_POINTS, :k])}

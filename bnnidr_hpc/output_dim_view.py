@@ -44,28 +44,33 @@ def _knee(rows: List[dict], key: str) -> Optional[int]:
     return next((r["output_dim"] for r in rows if r[key] is not None and r[key] >= KEEP), None)
 
 
-def _relevance(by_dim: Dict[int, List[dict]]) -> Optional[int]:
-    """relevance_prior's one-run estimate (relevance.py), of the group's widest run that has one."""
-    for k in sorted(by_dim, reverse=True):
-        for rec in by_dim[k]:
-            rel = rec.get("relevance")
-            if isinstance(rel, dict) and isinstance(rel.get("dimension"), int):
-                return rel["dimension"]
+def _relevance(runs: List[dict]) -> Optional[int]:
+    """relevance_prior's one-run estimate (relevance.py), of the widest of these runs that has one."""
+    for rec in sorted(runs, key=lambda r: -r["output_dim"]):
+        rel = rec.get("relevance")
+        if isinstance(rel, dict) and isinstance(rel.get("dimension"), int):
+            return rel["dimension"]
     return None
 
 
 def groups(recs: List[dict], group_key) -> List[dict]:
     """[{label, rows (one per output_dim, sorted), knee, pca_knee, twonn, relevance}] for the completed
-    records, grouped by everything of their config but output_dim (group_key(config))."""
-    by_group: Dict[str, Dict[int, List[dict]]] = {}
+    records, grouped by everything of their config but output_dim and relevance_prior
+    (group_key(config)). A relevance_prior run (relevance.py) gives the group its one-run
+    estimate beside the plain sweep's knee; the rows are the plain runs, or the relevance runs
+    where the group has no plain one."""
+    by_group: Dict[str, Dict[bool, Dict[int, List[dict]]]] = {}
     for rec in recs:
         k = rec.get("output_dim")
         if not isinstance(k, int) or not isinstance(rec.get("config"), dict):
             continue
-        config = {key: value for key, value in rec["config"].items() if key != "output_dim"}
-        by_group.setdefault(group_key(config), {}).setdefault(k, []).append(rec)
+        config = {key: value for key, value in rec["config"].items() if key not in ("output_dim", "relevance_prior")}
+        prior = rec["config"].get("relevance_prior") is True
+        by_group.setdefault(group_key(config), {}).setdefault(prior, {}).setdefault(k, []).append(rec)
     out = []
-    for key, by_dim in sorted(by_group.items()):
+    for key, by_kind in sorted(by_group.items()):
+        relevance_runs = [r for runs in by_kind.get(True, {}).values() for r in runs]
+        by_dim = by_kind.get(False) or by_kind[True]
         rows = []
         for k in sorted(by_dim):
             runs = by_dim[k]
@@ -87,7 +92,7 @@ def groups(recs: List[dict], group_key) -> List[dict]:
         out.append({"label": label, "rows": rows, "knee": _knee(rows, "ap_retention"),
                     "pca_knee": _knee(rows, "pca_retention"),
                     "twonn": _mean(_twonn(r) for runs in by_dim.values() for r in runs),
-                    "relevance": _relevance(by_dim)})
+                    "relevance": _relevance(relevance_runs)})
     return out
 
 

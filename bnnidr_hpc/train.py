@@ -143,8 +143,7 @@ class _Session:
     process_started: float
     first_step_at: Optional[float] = None
     checkpoints: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # rank 0's epoch checkpoints
-    relevance_centre: Optional[float] = None  # relevance_prior: TwoNN of the training data
-    relevance_prior: Optional[torch.Tensor] = None  # and P(K = k) over the output units
+    relevance_prior: Optional[torch.Tensor] = None  # relevance_prior: P(K = k) over the output units
 
     def tensorboard(self, state: TrainState):
         """Rank 0's SummaryWriter, opened (and the graph written) at the first epoch's end: its
@@ -197,11 +196,21 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
                        make_step(c, model, optimizers, info, averager), record, None,
                        _progress_bar(c, info.is_main, state.epoch), started, records.process_start_time())
     if c.relevance_prior:
-        centre = (intrinsic_dim["input"]["mle"]["dimension"] if intrinsic_dim else
-                  intrinsic.estimate(data.sample(c.eval.id_sample), "mle").dimension)
-        session.relevance_centre, session.relevance_prior = centre, relevance.prior(centre, c.output_dim)
+        if state.relevance_centre is None:
+            state.relevance_centre = _relevance_centre(c, data, intrinsic_dim, info, device)
+        session.relevance_prior = relevance.prior(state.relevance_centre, c.output_dim)
     session.update_record(state, records.RUNNING)
     return session, state
+
+
+def _relevance_centre(c: Config, data, intrinsic_dim: dict, info: DistInfo, device: torch.device) -> float:
+    """TwoNN of the training data, rank 0's on every rank: the prior's probabilities, and so every
+    step's draw, must be the same on all of them whatever their devices' rounding."""
+    centre = 0.0
+    if info.is_main:
+        centre = (intrinsic_dim["input"]["mle"]["dimension"] if intrinsic_dim else
+                  intrinsic.estimate(data.sample(c.eval.id_sample), "mle").dimension)
+    return distributed.all_reduce_sum(torch.tensor([centre], dtype=torch.float64, device=device)).item()
 
 
 def _write_data_files(run_dir: Path, data) -> None:
@@ -349,7 +358,7 @@ def _finish(s: _Session, state: TrainState, status: str) -> dict:
     if s.progress is not None:
         s.progress.close()
     if status == records.COMPLETED and s.relevance_prior is not None:  # every rank: the APs are gathered
-        s.record["relevance"] = relevance.result(s.relevance_centre, s.relevance_prior,
+        s.record["relevance"] = relevance.result(state.relevance_centre, s.relevance_prior,
                                                  s.evaluator.prefix_scores(s.model), state.ap_in)
     if status == records.COMPLETED and s.info.is_main:
         s.record["intrinsic_dim"].update(s.evaluator.gallery_dimensions(s.model))

@@ -150,6 +150,12 @@ def _check_model(c: Config) -> None:
         if c.output_dim >= c.input_dim:
             what = "of the features in data.path" if c.data.source == "npy" else "data.p"
             _fail("output_dim", c.output_dim, f"must be smaller than the input dimension {what}={c.input_dim}")
+    if c.relevance_prior and isinstance(c.output_dim, int) and not isinstance(c.output_dim, bool):
+        from .relevance import MIN_UNITS
+
+        if c.output_dim <= MIN_UNITS:
+            _fail("output_dim", c.output_dim, f"more than {MIN_UNITS} with relevance_prior=true: the prior turns "
+                  f"off the units after its first {MIN_UNITS} or more, so it needs some to turn off")
     if c.skip_steps != 0 and c.nlayers < 2:
         _fail("skip_steps", c.skip_steps, f"0: with nlayers={c.nlayers} there is no layer to skip")
     if c.skip_steps != 0 and not (isinstance(c.skip_steps, int) and 2 <= c.skip_steps <= c.nlayers):
@@ -206,9 +212,10 @@ def _check_moments(key: str, opt) -> None:
 def _check_evaluation_and_resources(c: Config) -> None:
     for key in ("queries", "gallery", "every", "mc_samples", "block", "id_sample"):
         _positive(f"eval.{key}", getattr(c.eval, key))
-    if c.output_dim == "auto" and min(c.eval.id_sample, c.data.n) < MIN_ID_SAMPLE:
+    if (c.output_dim == "auto" or c.relevance_prior) and min(c.eval.id_sample, c.data.n) < MIN_ID_SAMPLE:
         key, value = ("eval.id_sample", c.eval.id_sample) if c.eval.id_sample < MIN_ID_SAMPLE else ("data.n", c.data.n)
-        _fail(key, value, f"at least {MIN_ID_SAMPLE} points for output_dim=auto (TwoNN estimates the dimension "
+        why = "output_dim=auto" if c.output_dim == "auto" else "relevance_prior=true"
+        _fail(key, value, f"at least {MIN_ID_SAMPLE} points for {why} (TwoNN estimates the dimension "
               "from nearest-neighbour distances)")
     _check_run(c)
     cl = c.cluster

@@ -371,18 +371,20 @@ def test_output_dim_view_sets_reducer_beside_pca_and_marks_the_knee(tiny, capsys
     assert "| output_dim |" in out and f"PCA {group['pca_knee']}" in out and "TwoNN of the input" in out
 
 
-def test_output_dim_view_shows_the_relevance_priors_one_run_estimate(tiny, capsys):
+def test_output_dim_view_sets_the_relevance_priors_one_run_estimate_beside_the_sweeps_knee(tiny, capsys):
     from bnnidr_hpc.config import run_dir_for
     from bnnidr_hpc.job import run_local
 
-    dirs = []
-    for k in (4, 8):
-        c = tiny(f"output_dim={k}", "relevance_prior=true")
+    plain = []
+    for k in (2, 4):
+        c = tiny(f"output_dim={k}")
         run_local(c, run_dir_for(c))
-        dirs.append(run_dir_for(c))
-    assert main([str(dirs[0].parent), "--view", "output_dim", "--format", "json"]) == 0
-    (group,) = json.loads(capsys.readouterr().out)
-    widest = json.loads((dirs[1] / "record.json").read_text())["relevance"]
-    assert group["relevance"] == widest["dimension"] is not None  # the widest run's estimate
-    assert main([str(dirs[0].parent), "--view", "output_dim"]) == 0
-    assert f"relevance prior's one-run estimate: {widest['dimension']}" in capsys.readouterr().out
+        plain.append(run_dir_for(c))
+    c = tiny("output_dim=8", "relevance_prior=true")
+    one_run = run_local(c, run_dir_for(c))["relevance"]
+    assert main([str(plain[0].parent), "--view", "output_dim", "--format", "json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)  # one group: the relevance run joins the plain sweep
+    assert [r["output_dim"] for r in group["rows"]] == [2, 4]  # the rows are the plain runs
+    assert group["relevance"] == one_run["dimension"] is not None
+    assert main([str(plain[0].parent), "--view", "output_dim"]) == 0
+    assert f"relevance prior's one-run estimate: {one_run['dimension']}" in capsys.readouterr().out

@@ -154,6 +154,8 @@ BAD = [
     (["run.progress=yes"], "run.progress='yes'", "true or false"),
     (["batch_size=1", "batch_norm=true"], "batch_norm=True", "BatchNorm cannot train on one point per device"),
     (["output_dim=auto", "eval.id_sample=2"], "eval.id_sample=2", "at least 10 points for output_dim=auto"),
+    (["relevance_prior=true", "eval.id_sample=5"], "eval.id_sample=5", "at least 10 points for relevance_prior=true"),
+    (["relevance_prior=true", "output_dim=3"], "output_dim=3", "more than 3 with relevance_prior=true"),
     (["nlayers=0", "skip_steps=2"], "skip_steps=2", "no layer to skip"),
     (["nlayers=0", "layer_size=[8]"], "layer_size=[8]", "one entry per hidden layer (nlayers=0)"),
     (["run.name=/abs"], "run.name='/abs'", "a plain name"),
