@@ -83,32 +83,32 @@ def test_gradient_averager_starts_from_rank_0_and_averages_like_ddp(tmp_path):
 SLOW_SAVE_S = 1.5
 
 
-def _train_with_slow_checkpoints_on_rank_0(rank, port, c, run_dir):
+def _train_with_slow_writes_on_rank_0(rank, port, c, run_dir):
     import time
 
-    from bnnidr_hpc import checkpoint
+    from bnnidr_hpc import records
 
-    save = checkpoint.save
+    append_line = records.append_line
 
-    def slow_save(*args, **kwargs):
+    def slow_append_line(*args, **kwargs):  # the metrics line: written in the training thread
         time.sleep(SLOW_SAVE_S)
-        save(*args, **kwargs)
+        append_line(*args, **kwargs)
 
     if rank == 0:
-        checkpoint.save = slow_save
+        records.append_line = slow_append_line
     job._local_rank(rank, c, run_dir, port)  # what `run --gpus 2` runs on each rank
 
 
 def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
-    # Only rank 0 writes the checkpoint after each epoch; the other ranks must not count waiting for
-    # it as training, or the record would name them the slow ranks.
+    # Only rank 0 writes the run's files after each epoch; the other ranks must not count waiting
+    # for it as training, or the record would name them the slow ranks.
     import torch.multiprocessing as mp
 
     from bnnidr_hpc import records
 
     c = tiny("num_gpu=2", "batch_size=16")
     run_dir = run_dir_for(c)
-    mp.start_processes(_train_with_slow_checkpoints_on_rank_0, args=(distributed.free_port(), c, str(run_dir)),
+    mp.start_processes(_train_with_slow_writes_on_rank_0, args=(distributed.free_port(), c, str(run_dir)),
                        nprocs=2, start_method="spawn")
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["epochs_done"] == 3
