@@ -16,8 +16,8 @@ from pathlib import Path
 from common import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_step", "bench_workloads", "bench_whole", "bench_data", "bench_distributed", "bench_tooling",
-              "bench_method", "bench_bayes", "bench_npy"]
+BENCHMARKS = ["bench_step", "bench_workloads", "bench_whole", "bench_overheads", "bench_data", "bench_distributed",
+              "bench_tooling", "bench_method", "bench_bayes", "bench_npy"]
 
 
 def main():

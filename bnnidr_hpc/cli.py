@@ -394,12 +394,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def entry() -> None:
     """The `bnnidr-hpc` command (and `python -m bnnidr_hpc.cli`): main(), then the exit without
-    Python's teardown of torch's modules, which took 0.4-0.8 s of every command on this machine
-    (a bare `import torch` as much). Nothing is lost by it: every file a command writes is closed
-    by then (records and checkpoints fsynced, TensorBoard's writer closed), and what the normal
-    exit would still run is run first, in its order: threading's shutdown (non-daemon threads
-    joined, idle thread pools told to stop), the exit handlers (multiprocessing's joins its
-    children), the flush of stdout and stderr."""
+    Python's teardown of torch's modules, which took 0.5 s of a run on this machine, 0.3-0.4 s
+    after a bare `import torch` (benchmarks/bench_overheads.py). Nothing is lost by it: every file
+    a command writes is closed by then (records and checkpoints fsynced, TensorBoard's writer
+    closed), and what the normal exit would still run is run first, in its order: threading's
+    shutdown (non-daemon threads joined, idle thread pools told to stop), the exit handlers
+    (multiprocessing's joins its children), the flush of stdout and stderr."""
     code = main()
     threading._shutdown()  # what Py_FinalizeEx calls first; there is no public name for it
     atexit._run_exitfuncs()

@@ -23,7 +23,7 @@ SCALARS = {"loss/train": "loss", "loss/data": "data_loss", "loss/kl": "kl", "ap/
 
 
 # TensorBoard's file layer imports these, for s3:// and other remote paths, wherever they are
-# installed (fsspec comes with torch): about 0.1 s of a run on this machine (fresh processes).
+# installed (fsspec comes with torch): 0.02-0.07 s of a run here (benchmarks/bench_overheads.py).
 # Run directories are local paths, so while TensorBoard is imported `import boto3` and
 # `import fsspec` fail, as they do where those are not installed; one already imported is used.
 REMOTE_FILE_SYSTEMS = ("boto3", "fsspec")
@@ -60,8 +60,8 @@ def log_hparams(writer, config_dict: dict, record: dict) -> None:
 
 class _Shapes(torch.fx.Interpreter):
     """Runs the traced graph once, keeping each node's output shape in its meta. torch.fx's own
-    ShapeProp does the same but first looks for a fake-tensor mode, which cost 0.3 s of a run's
-    start (bench_whole.py)."""
+    ShapeProp does the same but first looks for a fake-tensor mode: 0.3-0.4 s of a run here, this
+    0.02 s (benchmarks/bench_overheads.py)."""
 
     def run_node(self, n):
         result = super().run_node(n)
