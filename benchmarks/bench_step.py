@@ -8,13 +8,16 @@ Same model (the schema's default architecture), data and batch (p=1536, batch 10
              collation, the loss built fresh with torch.cdist every step, .item() every step
   roofline   FLOP/s of the step's own matrix products alone (same shapes, forward and backward)
 Model FLOP utilisation = the toolkit's achieved model FLOP/s / the roofline's, both counting the
-products the step executes (the reference executes more: the whole input Gram matrix).
+products the step executes (the reference executes more: the whole input Gram matrix). On a CPU
+the toolkit and its roofline use the library run.cpu_matmul=auto picks (products.py); the step and
+the roofline are also timed with the other library, to show what the choice is worth here.
 """
 
 import torch
 from common import Report, interleaved_seconds, quick_flag
 from torch.utils.data import DataLoader, TensorDataset
 
+from bnnidr_hpc import products
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
 from bnnidr_hpc.loading import load
@@ -31,7 +34,7 @@ def gram_blocks(batch: int):
     return [(a, b) for i, a in enumerate(sizes) for b in sizes[i:]]
 
 
-def roofline(c, batch: int, device):
+def roofline(c, batch: int, device, library: str = "auto"):
     """The matrix products one step executes, same shapes and precision: (a function running them
     once, their FLOPs - the step's model FLOPs). The MLP forward (2 per weight) and backward (4, or
     2 for the first layer, whose input needs no gradient), the input distances' block products (no
@@ -54,8 +57,9 @@ def roofline(c, batch: int, device):
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
 
     def run():
+        products.use(library)
         for a, b in mats:
-            torch.mm(a, b)
+            products.mm(a, b)
 
     return run, flops
 
@@ -88,8 +92,9 @@ def reference_step(c, points: torch.Tensor):
     return one
 
 
-def toolkit_step(c, device):
-    """One step of the toolkit (ShardLoader batches, train.make_step), and the cached points."""
+def toolkit_step(c, device, library: str = "auto"):
+    """One step of the toolkit (ShardLoader batches, train.make_step) with the CPU products on
+    `library`, and the cached points."""
     data = Hypersphere(c.data, c.seed, device)
     loader = ShardLoader(data, c.batch_size, 0, 1)
     torch.manual_seed(0)
@@ -98,6 +103,7 @@ def toolkit_step(c, device):
     batches = forever(lambda: loader.epoch(0))
 
     def one():
+        products.use(library)
         step(*next(batches))
 
     return one, loader.points
@@ -119,6 +125,12 @@ def main():
         calls[f"toolkit {precision}"], points = toolkit_step(c, device)
         calls[f"roofline {precision}"], flops[precision] = roofline(c, c.batch_size, device)
     calls["reference"] = reference_step(configs["fp32"], points)
+    chosen = products.resolve("auto")
+    other = "blas" if chosen == "onednn" else "onednn"
+    compare_libraries = not on_gpu and products.resolve(other) == other  # a build with both
+    if compare_libraries:
+        calls[f"toolkit fp32 {other}"] = toolkit_step(configs["fp32"], device, other)[0]
+        calls[f"roofline fp32 {other}"], _ = roofline(configs["fp32"], configs["fp32"].batch_size, device, other)
     # The other objective and the Bayesian model, at the default precision: no regression unseen.
     calls["toolkit fp32 loss=stress"] = toolkit_step(load(None, base + ["loss=stress"]), device)[0]
     calls["toolkit fp32 bayesian"] = toolkit_step(load(None, base + ["bayesian=true"]), device)[0]
@@ -139,6 +151,11 @@ def main():
         report.add(f"roofline (same matmuls), {precision}", ceiling / 1e9, "GFLOP/s")
         report.add(f"model FLOP utilisation, {precision}", achieved / ceiling, "",
                    f">= {utilisation:g}" if targeted else None, achieved / ceiling >= utilisation if targeted else None)
+    if compare_libraries:
+        for kind in ("toolkit", "roofline"):
+            report.add(f"{kind} fp32: {chosen} (run.cpu_matmul=auto) / {other}",
+                       seconds[f"{kind} fp32 {other}"] / seconds[f"{kind} fp32"], "x")
+    products.use("auto")
     default = batch / seconds["toolkit fp32"]
     for variant in ("loss=stress", "bayesian"):
         rate = batch / seconds[f"toolkit fp32 {variant}"]

@@ -59,7 +59,16 @@ def peak_rss_gb() -> float:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}"
+    from bnnidr_hpc import products
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return (f"{model or platform.processor() or platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}, "
+            f"float32 products: {products.resolve('auto')}")
 
 
 class Report:

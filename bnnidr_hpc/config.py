@@ -30,6 +30,7 @@ SOURCES = ("sphere", "npy")
 NORMALIZATIONS = ("none", "l2", "standardize")
 SPHERE_N = 2000  # data.n of a synthetic sphere when not given
 DEVICES = ("auto", "cpu", "cuda")
+CPU_MATMUL = ("auto", "blas", "onednn")  # run.cpu_matmul: products.py
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("stress", "umap")
 
@@ -172,6 +173,9 @@ class RunConfig:
         name: readable prefix of the run directory (default: the config file's name).
         device: auto (cuda when present) | cpu | cuda.
         threads: CPU threads per rank (0 = PyTorch's default).
+        cpu_matmul: the library of the float32 products on a CPU (products.py): auto (oneDNN on
+            AMD CPUs, where MKL runs its slower generic kernels; blas elsewhere) | blas
+            (PyTorch's own: MKL in its x86 builds) | onednn.
         graph: write the model graph to TensorBoard.
         progress: show a progress bar.
         rank_timeout_s: a rank that has not answered for this long (killed, stopped, hung in a
@@ -184,6 +188,7 @@ class RunConfig:
     name: str = ""
     device: str = "auto"
     threads: int = 0
+    cpu_matmul: str = "auto"
     graph: bool = True
     progress: bool = True
     rank_timeout_s: float = 120.0

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from . import distributed, intrinsic
+from . import distributed, intrinsic, products
 from .config import EvalConfig
 from .distributed import DistInfo
 from .metrics import bootstrap_se, knn_recall, nearest, per_query_average_precision
@@ -89,12 +89,12 @@ class Evaluator:
         train = self.data.sample(BASELINE_ROWS)
         mean = train.mean(0)
         centred = train - mean
-        _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # ascending eigenvalues
+        _, vectors = torch.linalg.eigh(products.mm(centred.T, centred).double())  # ascending eigenvalues
         components = vectors[:, -output_dim:].float()
         g = torch.Generator().manual_seed(seed)
         gaussian = (torch.randn(train.shape[1], output_dim, generator=g) / math.sqrt(output_dim)).to(self.gx.device)
-        return {"pca": self._scores(lambda x: (x - mean) @ components),
-                "random": self._scores(lambda x: x @ gaussian)}
+        return {"pca": self._scores(lambda x: products.mm(x - mean, components)),
+                "random": self._scores(lambda x: products.mm(x, gaussian))}
 
     def gallery_dimensions(self, model: Reducer) -> dict:
         """Did the reducer keep the structure? TwoNN of the gallery before and after reduction."""

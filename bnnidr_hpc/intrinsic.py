@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import products
+
 
 def two_nearest(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
     """(N, 2) distances to each point's first and second nearest neighbour, in blocks of rows, so
@@ -34,7 +36,7 @@ def two_nearest(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
     for lo in range(0, x.shape[0], block):
         rows = x[lo:lo + block]
         idx = torch.arange(rows.shape[0], device=x.device)
-        d2 = (sq[lo:lo + block, None] + sq[None, :] - 2.0 * (rows @ x.T)).clamp_min_(0.0)
+        d2 = (sq[lo:lo + block, None] + sq[None, :] - 2.0 * products.mm(rows, x.T)).clamp_min_(0.0)
         d2[idx, idx + lo] = float("inf")  # a point is not its own neighbour
         d2[d2 <= tiny] = float("inf")  # nor is an exact duplicate
         out[lo:lo + block] = d2.topk(2, dim=1, largest=False).values.sqrt()

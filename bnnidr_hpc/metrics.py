@@ -18,15 +18,22 @@ from typing import Callable, Generator, List, NamedTuple, Tuple
 
 import torch
 
+from . import products
+
 # Rows per block of a symmetric product: large enough that each block runs at the BLAS's full rate.
 GRAM_BLOCK = 256
+# A batch against itself is multiplied block by block from this many columns up: below it, the
+# mirrored copies cost more than the products they save (output_dim 64 at batch 500-1024 on this
+# machine's CPU, either library).
+SYMMETRIC_MIN_DIM = 512
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """|a_i - b_j|^2 through matrix products (the cheapest exact form), clamped at 0.
-    In-place addmm folds the norms into the product's epilogue: one pass over the result.
-    b is a (a batch against itself): the result is symmetric, so only the blocks on and above the
-    diagonal are multiplied and the others mirrored - 5/8 of the product's FLOPs at 1024 rows.
+    The product is added in place to the norms (products.addmm_).
+    b is a (a batch against itself) with SYMMETRIC_MIN_DIM columns or more: the result is
+    symmetric, so only the blocks on and above the diagonal are multiplied and the others
+    mirrored - 5/8 of the product's FLOPs at 1024 rows.
     bf16: the product in bfloat16 (norms stay float32), for the higher bfloat16 matrix rate of
     GPUs and AVX512-BF16/AMX CPUs (docs/performance.md); |error| ~ 2^-8 |a||b|."""
     return Pieces(squared_distance_pieces(a, b, bf16)).result()
@@ -41,7 +48,7 @@ def squared_distance_pieces(a: torch.Tensor, b: torch.Tensor, bf16: bool = False
     xa = a.bfloat16() if bf16 else a
     xb = xa if b is a else (b.bfloat16() if bf16 else b)
     blocks = [slice(lo, lo + GRAM_BLOCK) for lo in range(0, a.shape[0], GRAM_BLOCK)]
-    if b is a:
+    if b is a and a.shape[1] >= SYMMETRIC_MIN_DIM:
         for i, rows in enumerate(blocks):
             for cols in blocks[i:]:
                 _sub_2_product(out[rows, cols], xa[rows], xa[cols], bf16)
@@ -60,7 +67,7 @@ def _sub_2_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bf16: bo
     if bf16:  # the in-place subtraction reads the bfloat16 product as float32
         out.sub_(a @ b.T, alpha=2.0)
     else:
-        out.addmm_(a, b.T, alpha=-2.0)
+        products.addmm_(out, a, b.T, alpha=-2.0)
 
 
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
@@ -125,9 +132,9 @@ class _PairLoss(torch.autograd.Function):
         y, full_y, ratio = ctx.saved_tensors
         g = 2.0 * grad.to(y.dtype)
         if ctx.symmetric:
-            return 2.0 * g * (y * ratio.sum(1, keepdim=True) - ratio @ y), None, None
-        grad_y = g * (y * ratio.sum(1, keepdim=True) - ratio @ full_y)
-        grad_full = g * (full_y * ratio.sum(0)[:, None] - ratio.T @ y) if ctx.needs_input_grad[1] else None
+            return 2.0 * g * (y * ratio.sum(1, keepdim=True) - products.mm(ratio, y)), None, None
+        grad_y = g * (y * ratio.sum(1, keepdim=True) - products.mm(ratio, full_y))
+        grad_full = g * (full_y * ratio.sum(0)[:, None] - products.mm(ratio.T, y)) if ctx.needs_input_grad[1] else None
         return grad_y, grad_full, None
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import products
+
 ACTIVATION_MODULES = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -77,12 +79,12 @@ class BayesLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return F.linear(x, self.weight_mu, self.bias_mu)
+            return products.linear(x, self.weight_mu, self.bias_mu)
         weight = self.weight_mu + F.softplus(self.weight_rho) * torch.randn_like(self.weight_mu)
         bias = None
         if self.bias_mu is not None:
             bias = self.bias_mu + F.softplus(self.bias_rho) * torch.randn_like(self.bias_mu)
-        return F.linear(x, weight, bias)
+        return products.linear(x, weight, bias)
 
     def kl(self) -> torch.Tensor:
         total = 0.0
@@ -97,7 +99,7 @@ class BayesLinear(nn.Module):
 def _linear(spec: ModelSpec, n_in: int, n_out: int, bias: bool = True) -> nn.Module:
     if spec.bayesian:
         return BayesLinear(n_in, n_out, spec.prior_sigma, spec.init_sigma, bias)
-    return nn.Linear(n_in, n_out, bias)
+    return products.Linear(n_in, n_out, bias)
 
 
 class Reducer(nn.Module):

@@ -298,12 +298,13 @@ def config_record(c: "Config", config_dict: dict, run_dir: Path) -> dict:
 
 
 def start_record(c: "Config", config_dict: dict, run_dir: Path, *, device_type: str, devices: List[str],
-                 steps_per_epoch: int, data_cached: bool, hosts: List[str], slurm_job_id: Optional[str],
-                 intrinsic_dim: dict) -> dict:
+                 cpu_matmul: Optional[str], steps_per_epoch: int, data_cached: bool, hosts: List[str],
+                 slurm_job_id: Optional[str], intrinsic_dim: dict) -> dict:
     """The record of a run that starts (or resumes) training: the config's fields and where it runs."""
     return {
         **config_record(c, config_dict, run_dir),
         "device_type": device_type, "devices": devices,
+        "cpu_matmul": cpu_matmul,  # the float32 products' library on a CPU (products.py)
         "steps_per_epoch": steps_per_epoch, "data_cached": data_cached,
         "hostname": hosts[0], "hosts": hosts, "slurm_job_id": slurm_job_id,  # every rank's host, by rank
         "versions": versions(), "git": git_state(), "code": code_state(),

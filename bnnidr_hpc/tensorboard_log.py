@@ -70,6 +70,13 @@ class _Shapes(torch.fx.Interpreter):
         return result
 
 
+class _Tracer(torch.fx.Tracer):
+    """Layers stay whole, as PyTorch's own do: products.Linear is an nn.Linear too."""
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, torch.nn.Linear) or super().is_leaf_module(m, qualname)
+
+
 def graph_def(model: torch.nn.Module, input_dim: int):
     """The model's eval-mode graph as a TensorBoard GraphDef."""
     from tensorboard.compat.proto.attr_value_pb2 import AttrValue
@@ -80,7 +87,7 @@ def graph_def(model: torch.nn.Module, input_dim: int):
     was = model.training
     model.eval()
     try:
-        traced = torch.fx.symbolic_trace(model)
+        traced = torch.fx.GraphModule(model, _Tracer().trace(model))
         device = next(model.parameters()).device
         with torch.no_grad():
             _Shapes(traced).run(torch.zeros(2, input_dim, device=device))

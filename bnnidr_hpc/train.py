@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checkpoint, distributed, intrinsic, records, relevance, tensorboard_log
+from . import checkpoint, distributed, intrinsic, products, records, relevance, tensorboard_log
 from .checkpoint import TrainState
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import ShardLoader, source
@@ -76,6 +76,7 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
         threads = c.run.threads or info.cpus_per_task
         if threads:
             torch.set_num_threads(threads)
+        products.use(c.run.cpu_matmul)
         watchdog = distributed.init(info, device, c.run.rank_timeout_s, on_lost)
         session, state = _setup(c, run_dir, info, device, session_started)
         record = _train_epochs(session, state, stop_requested)
@@ -179,6 +180,7 @@ def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, start
     config_dict = to_dict(c)
     record = records.start_record(
         c, config_dict, run_dir, device_type=device.type, devices=names * info.world_size,
+        cpu_matmul=products.library() if device.type == "cpu" else None,
         steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hosts=distributed.all_hosts(info),
         slurm_job_id=info.slurm_job_id, intrinsic_dim=intrinsic_dim)
     if not evaluator.labelled:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import (
     ACTIVATIONS,
+    CPU_MATMUL,
     DEVICES,
     EMBEDDINGS,
     LOSSES,
@@ -250,6 +251,8 @@ def _check_run(c: Config) -> None:
     if r.device not in DEVICES:
         _fail("run.device", r.device, f"one of {', '.join(DEVICES)}")
     _non_negative("run.threads", r.threads)
+    if r.cpu_matmul not in CPU_MATMUL:
+        _fail("run.cpu_matmul", r.cpu_matmul, f"one of {', '.join(CPU_MATMUL)}")
     _check_root(r.root)
     name = r.name.strip()
     if name and (os.path.isabs(name) or "/" in name or "\\" in name or ".." in name or "\0" in name):

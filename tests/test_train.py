@@ -39,7 +39,9 @@ def test_tiny_run_writes_a_complete_run_directory(tiny):
 
 
 def test_training_reduces_the_loss_and_keeps_ap(tiny):
-    c = tiny("max_epochs=15", "learning_rate=1e-2")
+    # 15 epochs left seed 0 at 0.898-0.904 of the input's AP, depending on the products' rounding
+    # (products.py); by 30 every seed and library is at 0.95 or more.
+    c = tiny("max_epochs=30", "learning_rate=1e-2")
     rec = train(c, run_dir_for(c))
     losses = [e["loss"] for e in rec["epochs"]]
     assert losses[-1] < 0.5 * losses[0]
