@@ -17,7 +17,7 @@ import torch
 from common import Report, interleaved_seconds, quick_flag
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnnidr_hpc import products
+from bnnidr_hpc import allocator, products
 from bnnidr_hpc.data import Hypersphere, ShardLoader
 from bnnidr_hpc.distributed import DistInfo, pick_device
 from bnnidr_hpc.loading import load
@@ -111,6 +111,7 @@ def toolkit_step(c, device, library: str = "auto"):
 
 def main():
     quick = quick_flag()
+    allocator.keep_freed_memory()  # as training does; the reference loop, in this process, gains it too
     rounds, iters = (5, 8) if quick else (7, 20)
     report = Report("step_throughput", quick)
     base = ["data.p=1536", "data.d=50", "data.spread=1.2", f"data.n={1024 * 32}", "batch_size=1024"]

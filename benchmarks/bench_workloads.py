@@ -25,9 +25,10 @@ from bnnidr_hpc.distributed import DistInfo, pick_device
 from bnnidr_hpc.model import Reducer
 from bnnidr_hpc.optim import Optimizers
 from bnnidr_hpc.step import make_step
-from bnnidr_hpc import products
+from bnnidr_hpc import allocator, products
 c = load(sys.argv[1], sys.argv[3:])
 products.use(c.run.cpu_matmul)  # what train() sets up
+allocator.keep_freed_memory()
 device = pick_device(DistInfo(), "auto")
 loader = ShardLoader(Hypersphere(c.data, c.seed, device), c.batch_size, 0, 1)
 assert not loader.cached

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checkpoint, distributed, intrinsic, products, records, relevance, tensorboard_log
+from . import allocator, checkpoint, distributed, intrinsic, products, records, relevance, tensorboard_log
 from .checkpoint import TrainState
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import ShardLoader, source
@@ -77,6 +77,7 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
         if threads:
             torch.set_num_threads(threads)
         products.use(c.run.cpu_matmul)
+        allocator.keep_freed_memory()
         watchdog = distributed.init(info, device, c.run.rank_timeout_s, on_lost)
         session, state = _setup(c, run_dir, info, device, session_started)
         record = _train_epochs(session, state, stop_requested)
