@@ -32,6 +32,8 @@ def main():
           f"{time.strftime('%Y-%m-%d')}")
     met = missed = 0
     for path in sorted(RESULTS.glob("*.json")):
+        if path.stat().st_mtime < started:  # an earlier run's, or a variant run by hand (bench_method's flags)
+            continue
         result = json.loads(path.read_text())
         for r in result["rows"]:
             if r["met"] is None:
