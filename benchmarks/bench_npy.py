@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from common import Report, quick_flag, run_child
 
+from bnnidr_hpc import allocator
 from bnnidr_hpc.data import Hypersphere
 from bnnidr_hpc.loading import load
 from bnnidr_hpc.model import Reducer
+from bnnidr_hpc.reduce import block_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "bnnidr_hpc.cli"]
@@ -118,8 +120,9 @@ def main():
         assert np.load(tmp / "z.npy", mmap_mode="r").shape == (scale.data.n, npy_record["output_dim"])
     c = load(str(REPO / "conf" / "imagenet_features.yaml"), [f"data.path={features}", f"data.labels={labels}"])
     torch.set_num_threads(os.cpu_count())
+    allocator.keep_freed_memory()  # as reduce does, with its block size: the best the forward pass does
     flops_row = forward_flops_per_row(Reducer(c.model_spec()))
-    rate = forward_rate(c, 16384)
+    rate = forward_rate(c, block_rows(c.input_dim))
     reduce_rate = rows_per_s * flops_row
     report.add("reduce, the whole file", rows_per_s, "rows/s")
     report.add("forward pass in memory", rate / 1e9, "GFLOP/s")
