@@ -174,8 +174,8 @@ class RunConfig:
         device: auto (cuda when present) | cpu | cuda.
         threads: CPU threads per rank (0 = PyTorch's default).
         cpu_matmul: the library of the float32 products on a CPU (products.py): auto (oneDNN on
-            AMD CPUs, where MKL runs its slower generic kernels; blas elsewhere) | blas
-            (PyTorch's own: MKL in its x86 builds) | onednn.
+            AMD CPUs with AVX-512, where MKL runs its slower generic kernels; blas elsewhere) |
+            blas (PyTorch's own: MKL in its x86 builds) | onednn.
         graph: write the model graph to TensorBoard.
         progress: show a progress bar.
         rank_timeout_s: a rank that has not answered for this long (killed, stopped, hung in a

@@ -1,15 +1,16 @@
 """Float32 matrix products on the CPU: PyTorch's BLAS, or oneDNN where the BLAS is the slower.
 
 Used by: model.py (the layers), metrics.py (distances and the loss's backward), evaluate.py (PCA),
-intrinsic.py (TwoNN's distances).
+intrinsic.py (TwoNN's distances); train.py and reduce.py choose the library (use()).
 
 PyTorch's x86 builds send float32 products on the CPU to MKL (run.cpu_matmul=blas), and MKL runs
 its generic AVX2 kernels on AMD processors. oneDNN, also inside PyTorch, picks its kernels by
 instruction set rather than by vendor: on an AMD EPYC (Zen 5) with AVX-512 it multiplies 1.8x as
 fast in the same float32 arithmetic (benchmarks/bench_step.py prints both; docs/performance.md).
-So on AMD CPUs run.cpu_matmul=auto sends the toolkit's own products and its layers to oneDNN; on
-the others (Intel's, where MKL uses AVX-512 itself) the BLAS keeps them. bfloat16 (autocast goes
-to oneDNN already), GPUs, and whatever torch.fx traces take PyTorch's usual path.
+So on AMD CPUs with AVX-512 run.cpu_matmul=auto sends the toolkit's own products and its layers
+to oneDNN; on the others (Intel's, where MKL uses AVX-512 itself) the BLAS keeps them. bfloat16
+(autocast goes to oneDNN already), a float32 precision below "highest", GPUs, and whatever
+torch.fx, torch.jit.trace or ONNX export traces take PyTorch's usual path.
 
 The choice is the process's, like torch.set_num_threads: use() sets it from the run's config;
 until then it is auto's.
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def _linear_op():
@@ -37,21 +38,29 @@ _LINEAR = _linear_op()
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_vendor() -> str:
-    """The CPU's vendor_id (AuthenticAMD, GenuineIntel...), '' where /proc/cpuinfo does not say."""
+def cpu_vendor() -> Tuple[str, bool]:
+    """The CPU's vendor_id (AuthenticAMD, GenuineIntel...) and whether it has AVX-512, from the
+    first processor's lines of /proc/cpuinfo: ("", False) where it does not say."""
+    vendor, avx512 = "", False
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    avx512 = "avx512f" in line.split(":", 1)[1].split()
+                    break
     except OSError:
         pass
-    return ""
+    return vendor, avx512
 
 
 def resolve(choice: str) -> str:
-    """run.cpu_matmul -> the library used: blas or onednn (onednn needs a build that has it)."""
+    """run.cpu_matmul -> the library used: blas or onednn (onednn needs a build that has it).
+    auto: oneDNN on AMD CPUs with AVX-512 (Zen 4 and later), where MKL's AVX2 kernels run at half
+    its rate; AMD CPUs without it (Zen 2/3) run AVX2 in both libraries, so the BLAS keeps them."""
     if choice == "auto":
-        choice = "onednn" if cpu_vendor() == "AuthenticAMD" else "blas"
+        choice = "onednn" if cpu_vendor() == ("AuthenticAMD", True) else "blas"
     return "onednn" if choice == "onednn" and _LINEAR is not None else "blas"
 
 
@@ -77,20 +86,38 @@ def library() -> str:
 MIN_MULTIPLY_ADDS = 2**23
 
 
-def _on_onednn(multiply_adds: int, *tensors: torch.Tensor) -> bool:
-    return (_onednn and multiply_adds >= MIN_MULTIPLY_ADDS and not torch.is_autocast_enabled("cpu")
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 for t in tensors))
+def _on_onednn(*tensors: torch.Tensor) -> bool:
+    """use() chose oneDNN and these operands are what it takes: 2-D, dense float32 on the CPU."""
+    return _onednn and all(t.dim() == 2 and t.layout == torch.strided and t.device.type == "cpu"
+                           and t.dtype == torch.float32 for t in tensors)
 
 
-def _fx_tracing() -> bool:
-    """torch.fx traces only what PyTorch knows (tensorboard_log's graph): it takes F.linear. Its
-    proxies cannot answer _on_onednn's checks, so this one comes first."""
-    fx = sys.modules.get("torch.fx._symbolic_trace")
-    return fx is not None and fx._is_fx_tracing_flag
+def _worth_it(rows: int, inner: int, cols: int) -> bool:
+    return rows * inner * cols >= MIN_MULTIPLY_ADDS and _float32_exact()
+
+
+def _float32_exact() -> bool:
+    """PyTorch's float32 precision is exact: with torch.set_float32_matmul_precision("medium") or
+    mkldnn's fp32_precision "bf16", oneDNN would multiply in bfloat16 where the BLAS does not;
+    autocast has the layers in bfloat16 already (PyTorch sends those to oneDNN itself)."""
+    if torch.get_float32_matmul_precision() != "highest" or torch.is_autocast_enabled("cpu"):
+        return False
+    precision = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+    return precision in ("none", "ieee")
+
+
+def _tracing() -> bool:
+    """torch.fx (tensorboard_log's graph), torch.jit.trace and ONNX export record only what
+    PyTorch knows: they get F.linear. fx's proxies cannot answer _on_onednn's checks, so this
+    comes first."""
+    fx, onnx = sys.modules.get("torch.fx._symbolic_trace"), sys.modules.get("torch.onnx")  # not imported: not tracing
+    return ((fx is not None and fx._is_fx_tracing_flag) or torch.jit.is_tracing()
+            or (onnx is not None and onnx.is_in_onnx_export()))
 
 
 def _product(a: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
-    """a @ b_rows^T by oneDNN; any strides."""
+    """a @ b_rows^T by oneDNN: b_rows is read with its own strides (a transposed view costs
+    nothing), a is copied first when it is not contiguous."""
     return _LINEAR(a, b_rows, None, "none", [], "")
 
 
@@ -101,14 +128,14 @@ def _untracked(*tensors: torch.Tensor) -> bool:
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b, on oneDNN when use() chose it and autograd does not follow the operands (distances,
     hand-written backwards)."""
-    if _on_onednn(a.shape[0] * a.shape[1] * b.shape[-1], a, b) and _untracked(a, b):
+    if _on_onednn(a, b) and _worth_it(*a.shape, b.shape[1]) and _untracked(a, b):
         return _product(a, b.T)
     return a @ b
 
 
 def addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """out += alpha a @ b in place (the BLAS folds it into the product; oneDNN's product is added)."""
-    if _on_onednn(a.shape[0] * a.shape[1] * b.shape[-1], out, a, b) and _untracked(out, a, b):
+    if _on_onednn(out, a, b) and _worth_it(*a.shape, b.shape[1]) and _untracked(out, a, b):
         return out.add_(_product(a, b.T), alpha=alpha)
     return out.addmm_(a, b, alpha=alpha)
 
@@ -123,6 +150,7 @@ class _Linear(torch.autograd.Function):
         return _LINEAR(x, weight, bias, "none", [], "")
 
     @staticmethod
+    @once_differentiable  # the op has no derivative of its own: a double backward raises
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = _product(grad, weight.T) if ctx.needs_input_grad[0] else None
@@ -133,9 +161,9 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN when use() chose it."""
-    if not _onednn or _fx_tracing():
+    if not _onednn or _tracing():
         return F.linear(x, weight, bias)
-    if _on_onednn(x.shape[0] * x.shape[-1] * weight.shape[0], x, weight, *(() if bias is None else (bias[None],))):
+    if _on_onednn(x, weight, *(() if bias is None else (bias[None],))) and _worth_it(*x.shape, weight.shape[0]):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

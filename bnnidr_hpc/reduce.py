@@ -22,20 +22,21 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import allocator, features, records
+from . import allocator, features, products, records
 from .config import Config, ConfigError
 from .model import Reducer
 
-# Rows per block, from the block's float32 size: below glibc's 32 MB mmap limit every block's
-# tensors are served again from memory the process keeps (allocator.py) instead of fresh pages -
-# 4096 rows at p = 1536, and 1.35-1.5x the rows/s of 8192-row blocks without it (200,000 rows,
-# 2-core AMD EPYC; 5-6 page faults a row before, 0.2 after).
+# Rows per block, from the float32 size of the block's widest tensor (the input or a layer's
+# output): below glibc's 32 MB mmap limit each block's tensors are served again from memory the
+# process keeps (allocator.py) instead of fresh pages - 4096 rows at p = 1536, and 1.35-1.5x the
+# rows/s of 8192-row blocks without it (200,000 rows, 2-core AMD EPYC; 5-6 page faults a row
+# before, 0.2 after). MAX_BLOCK_ROWS bounds narrow models' blocks (memory, progress updates).
 BLOCK_BYTES = 24 * 2**20
-MIN_BLOCK_ROWS = 256
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 256, 8192
 
 
-def block_rows(p: int) -> int:
-    return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * p))
+def block_rows(widths: Sequence[int]) -> int:
+    return max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (4 * max(widths))))
 
 
 class AppliedReducer(torch.nn.Module):
@@ -136,7 +137,8 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
     from tqdm.auto import tqdm
 
     out = Path(output)
-    block = block or block_rows(shards.p)
+    spec = reducer.model.spec
+    block = block or block_rows([spec.input_dim, *spec.hidden_sizes, spec.output_dim])
     device = next(reducer.parameters()).device
     targets = [(out, (shards.n, reducer.output_dim))]
     if samples > 1:
@@ -203,5 +205,6 @@ def run(run_dir: str, inputs: List[str], output: str, mc_samples: int = 1, devic
         raise ConfigError(f"reduce: --mc-samples={mc_samples} is not allowed: the run is not Bayesian "
                           "(bayesian=false), so every draw is the same")
     shards = check_paths(reducer, inputs, output)
+    products.use(run_config(Path(run_dir)).run.cpu_matmul)  # the run's choice, resolved on this machine
     allocator.keep_freed_memory()
     return reduce_files(reducer, shards, output, mc_samples, block, progress)

@@ -39,7 +39,9 @@ def faults(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not allocator.keep_freed_memory(), reason="the C library is not glibc")
+@pytest.mark.skipif(not allocator.glibc(), reason="the C library is not glibc")
 def test_kept_memory_serves_a_steps_temporaries_without_page_faults():
-    assert faults("default") > 20 * 1000  # several 4 MB matrices (1,024 pages each) fresh every step
-    assert faults("keep") < 20 * 10
+    default = faults("default")
+    if default < 20 * 1000:  # e.g. transparent huge pages for everything: few, large faults
+        pytest.skip(f"this machine's default allocation faults only {default} times in 20 steps")
+    assert faults("keep") < 20 * 10  # against several 4 MB matrices (1,024 pages each) fresh every step

@@ -58,28 +58,44 @@ def test_products_are_float32_exact_and_their_gradients_are_autograds(library, o
 
 
 @pytest.mark.parametrize("library", LIBRARIES, indirect=True)
-def test_bfloat16_autocast_keeps_pytorchs_path(library):
-    layer = products.Linear(32, 8)
+def test_bfloat16_and_reduced_float32_precision_keep_pytorchs_path(library, onednn_calls, monkeypatch):
+    monkeypatch.setattr(products, "MIN_MULTIPLY_ADDS", 0)  # any size would go to oneDNN
+    layer, x = products.Linear(32, 8), torch.randn(4, 32)
+    layer(x)
+    assert len(onednn_calls) == (1 if library == "onednn" else 0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer(torch.randn(4, 32)).dtype == torch.bfloat16
+        assert layer(x).dtype == torch.bfloat16  # autocast's own bfloat16 product
+    # "medium" lets oneDNN multiply float32 in bfloat16, which the BLAS would not
+    torch.set_float32_matmul_precision("medium")
+    try:
+        layer(x), products.mm(x, x.T)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert len(onednn_calls) == (1 if library == "onednn" else 0)
 
 
-@pytest.mark.parametrize("vendor, chosen", [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
-def test_auto_sends_amd_cpus_to_onednn_and_the_others_to_the_blas(monkeypatch, vendor, chosen):
+@pytest.mark.parametrize("cpu, chosen", [(("AuthenticAMD", True), "onednn"), (("AuthenticAMD", False), "blas"),
+                                         (("GenuineIntel", True), "blas"), (("", False), "blas")])
+def test_auto_sends_amd_cpus_with_avx512_to_onednn_and_the_others_to_the_blas(monkeypatch, cpu, chosen):
     if products.resolve("onednn") != "onednn":
         chosen = "blas"
-    monkeypatch.setattr(products, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(products, "cpu_vendor", lambda: cpu)
     assert products.resolve("auto") == chosen
     assert products.resolve("blas") == "blas"
 
 
-def test_a_run_records_its_library_and_both_train_the_same_model(tiny, tmp_path, onednn_calls):
+@pytest.fixture
+def restore_library():
+    yield
+    products.use("auto")
+
+
+def test_a_run_records_its_library_and_both_train_the_same_model(tiny, tmp_path, onednn_calls, restore_library):
     big = ["data.p=512", "layer_size=256", "batch_size=128", "max_epochs=2"]  # products oneDNN takes
     runs, calls = {}, {}
     for lib in ("blas", "onednn"):
         runs[lib] = train(tiny(f"run.cpu_matmul={lib}", *big), tmp_path / lib)
         calls[lib] = len(onednn_calls) - sum(calls.values())
-    products.use("auto")
     assert calls["blas"] == 0 and (calls["onednn"] > 0) == (products.resolve("onednn") == "onednn")
     assert runs["blas"]["cpu_matmul"] == "blas"
     assert runs["onednn"]["cpu_matmul"] == products.resolve("onednn")
