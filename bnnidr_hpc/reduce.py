@@ -42,11 +42,12 @@ def block_rows(widths: Sequence[int]) -> int:
 class AppliedReducer(torch.nn.Module):
     """The trained reducer with the run's input normalisation folded in, in eval mode: float
     rows of the run's input_dim in, reduced float32 rows out (posterior mean of a Bayesian model,
-    or the mean of mc_samples posterior draws)."""
+    or the mean of mc_samples posterior draws). cpu_matmul: the run's run.cpu_matmul, which
+    `bnnidr-hpc reduce` uses (products.py)."""
 
-    def __init__(self, normalize: torch.nn.Module, model: Reducer, mc_samples: int = 1):
+    def __init__(self, normalize: torch.nn.Module, model: Reducer, mc_samples: int = 1, cpu_matmul: str = "auto"):
         super().__init__()
-        self.normalize, self.model, self.mc_samples = normalize, model, mc_samples
+        self.normalize, self.model, self.mc_samples, self.cpu_matmul = normalize, model, mc_samples, cpu_matmul
         self.input_dim = model.spec.input_dim
         self.output_dim = model.spec.output_dim
 
@@ -95,7 +96,7 @@ def load_reducer(run_dir, mc_samples: int = 1, device: str = "cpu", allow_incomp
     if mode == "standardize" and not stats:
         raise ConfigError(f"reduce: {run_dir} lacks {features.NORMALIZATION}, the statistics its inputs were "
                           "standardised with")
-    reducer = AppliedReducer(features.normalizer(mode, stats), model, mc_samples)
+    reducer = AppliedReducer(features.normalizer(mode, stats), model, mc_samples, c.run.cpu_matmul)
     return reducer.to(device).eval()
 
 
@@ -205,6 +206,6 @@ def run(run_dir: str, inputs: List[str], output: str, mc_samples: int = 1, devic
         raise ConfigError(f"reduce: --mc-samples={mc_samples} is not allowed: the run is not Bayesian "
                           "(bayesian=false), so every draw is the same")
     shards = check_paths(reducer, inputs, output)
-    products.use(run_config(Path(run_dir)).run.cpu_matmul)  # the run's choice, resolved on this machine
+    products.use(reducer.cpu_matmul)  # the run's choice, resolved on this machine
     allocator.keep_freed_memory()
     return reduce_files(reducer, shards, output, mc_samples, block, progress)
