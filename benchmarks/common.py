@@ -61,14 +61,8 @@ def machine() -> str:
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     from bnnidr_hpc import products
 
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return (f"{model or platform.processor() or platform.machine()} CPU x{os.cpu_count()}, torch {torch.__version__}, "
-            f"float32 products: {products.resolve('auto')}")
+    model = products.cpu_info().get("model name") or platform.processor() or platform.machine()
+    return f"{model} CPU x{os.cpu_count()}, torch {torch.__version__}, float32 products: {products.resolve('auto')}"
 
 
 class Report:

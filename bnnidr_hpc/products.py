@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,21 +38,20 @@ _LINEAR = _linear_op()
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_vendor() -> Tuple[str, bool]:
-    """The CPU's vendor_id (AuthenticAMD, GenuineIntel...) and whether it has AVX-512, from the
-    first processor's lines of /proc/cpuinfo: ("", False) where it does not say."""
-    vendor, avx512 = "", False
+def cpu_info() -> Dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (vendor_id, model name, flags...); {} where
+    there is no such file."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    avx512 = "avx512f" in line.split(":", 1)[1].split()
+                if not line.strip():  # the end of the first processor's block
                     break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    return vendor, avx512
+    return info
 
 
 def resolve(choice: str) -> str:
@@ -60,7 +59,9 @@ def resolve(choice: str) -> str:
     auto: oneDNN on AMD CPUs with AVX-512 (Zen 4 and later), where MKL's AVX2 kernels run at half
     its rate; AMD CPUs without it (Zen 2/3) run AVX2 in both libraries, so the BLAS keeps them."""
     if choice == "auto":
-        choice = "onednn" if cpu_vendor() == ("AuthenticAMD", True) else "blas"
+        cpu = cpu_info()
+        amd_avx512 = cpu.get("vendor_id") == "AuthenticAMD" and "avx512f" in cpu.get("flags", "").split()
+        choice = "onednn" if amd_avx512 else "blas"
     return "onednn" if choice == "onednn" and _LINEAR is not None else "blas"
 
 
@@ -161,9 +162,8 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN when use() chose it."""
-    if not _onednn or _tracing():
-        return F.linear(x, weight, bias)
-    if _on_onednn(x, weight, *(() if bias is None else (bias[None],))) and _worth_it(*x.shape, weight.shape[0]):
+    if (_onednn and not _tracing() and _on_onednn(x, weight, *(() if bias is None else (bias[None],)))
+            and _worth_it(*x.shape, weight.shape[0])):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -74,12 +74,14 @@ def test_bfloat16_and_reduced_float32_precision_keep_pytorchs_path(library, oned
     assert len(onednn_calls) == (1 if library == "onednn" else 0)
 
 
-@pytest.mark.parametrize("cpu, chosen", [(("AuthenticAMD", True), "onednn"), (("AuthenticAMD", False), "blas"),
-                                         (("GenuineIntel", True), "blas"), (("", False), "blas")])
+@pytest.mark.parametrize("cpu, chosen", [({"vendor_id": "AuthenticAMD", "flags": "fpu avx2 avx512f"}, "onednn"),
+                                         ({"vendor_id": "AuthenticAMD", "flags": "fpu avx2"}, "blas"),
+                                         ({"vendor_id": "GenuineIntel", "flags": "fpu avx2 avx512f"}, "blas"),
+                                         ({}, "blas")])
 def test_auto_sends_amd_cpus_with_avx512_to_onednn_and_the_others_to_the_blas(monkeypatch, cpu, chosen):
     if products.resolve("onednn") != "onednn":
         chosen = "blas"
-    monkeypatch.setattr(products, "cpu_vendor", lambda: cpu)
+    monkeypatch.setattr(products, "cpu_info", lambda: cpu)
     assert products.resolve("auto") == chosen
     assert products.resolve("blas") == "blas"
 
