@@ -304,7 +304,7 @@ def start_record(c: "Config", config_dict: dict, run_dir: Path, *, device_type: 
     return {
         **config_record(c, config_dict, run_dir),
         "device_type": device_type, "devices": devices,
-        "cpu_matmul": cpu_matmul,  # the float32 products' library on a CPU (products.py)
+        "cpu_matmul": cpu_matmul,  # the library of the large float32 CPU products (products.py)
         "steps_per_epoch": steps_per_epoch, "data_cached": data_cached,
         "hostname": hosts[0], "hosts": hosts, "slurm_job_id": slurm_job_id,  # every rank's host, by rank
         "versions": versions(), "git": git_state(), "code": code_state(),
