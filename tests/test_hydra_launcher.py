@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY
 
+from bnnidr_hpc import records
 from bnnidr_hpc.hydra_launcher import executor_parameters, profile_parameters
 from bnnidr_hpc.loading import load
 
@@ -152,9 +153,11 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
                                           "max_epochs=5000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
+        # Cancelled once it trains: Slurm says RUNNING before the job's Python has made its run directory.
         deadline = time.time() + 120
-        while "RUNNING" not in queued(name):
-            assert time.time() < deadline and proc.poll() is None, "the job never started"
+        while not any((records.read_record(d) or {}).get("status") == records.RUNNING
+                      for d in (tmp_path / "runs").glob("*")):
+            assert time.time() < deadline and proc.poll() is None, "the job never started training"
             time.sleep(1)
         job = queued(name)[0]
         subprocess.run(["scancel", job], check=True, timeout=30)
@@ -168,4 +171,5 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     (line,) = [line for line in bnnidr_lines(err) if line.startswith("bnnidr-hpc: failed: ")]
     assert f" {run_dir}: job {job} ended without a result (cancelled)" in line, err[-2000:]
+    assert records.read_record(run_dir)["status"] == records.INTERRUPTED  # checkpointed, resumable
     assert time.time() - cancelled < 90
