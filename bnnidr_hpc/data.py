@@ -167,12 +167,8 @@ class NpyFeatures:
         return self.shards.p
 
     def _file_rows(self, file_rows: np.ndarray) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Rows of the files in the given order: read in index order (sequential on disk), then
-        put back."""
-        order = np.argsort(file_rows, kind="stable")
-        x = torch.empty(len(file_rows), self.p)
-        x[torch.from_numpy(order)] = torch.from_numpy(self.shards.read(file_rows[order]))
-        x = self.normalize(x.to(self.device, non_blocking=True))
+        """Rows of the files in the given order (features.Shards.read), normalised on the device."""
+        x = self.normalize(self.shards.read(file_rows).to(self.device, non_blocking=True))
         labels = None if self.labels is None else torch.from_numpy(self.labels[file_rows]).to(self.device)
         return x, labels
 

@@ -103,21 +103,36 @@ class Shards:
             self._read[i] = 0
         return self._maps[i]
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows (sorted ascending, int64), as float32."""
-        out = np.empty((len(rows), self.p), dtype=np.float32)
-        bounds = np.searchsorted(rows, self.starts)
+    def read(self, rows: np.ndarray):
+        """The given rows (int64, any order) as a float32 torch tensor. Each file's rows are read in
+        index order (sequential on disk) and in the file's dtype, then put back in the given order
+        and converted by torch: numpy converts float16 15x slower (1024 x 1536: 2.1 ms against
+        0.14 ms), which was a tenth of a training step on a float16 file."""
+        import torch
+
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        bounds = np.searchsorted(ordered, self.starts)
+        parts = []
         for i in range(len(self.paths)):
             lo, hi = bounds[i], bounds[i + 1]
             if lo < hi:
-                local = rows[lo:hi] - self.starts[i]
+                local = ordered[lo:hi] - self.starts[i]
                 mapped = self._map(i)
-                if local[-1] - local[0] == hi - lo - 1:  # a contiguous run: a slice, no index copy
-                    out[lo:hi] = mapped[local[0]:local[-1] + 1]
+                if (np.diff(local) == 1).all():  # a contiguous run: a slice, no index array
+                    parts.append(torch.from_numpy(np.array(mapped[local[0]:local[-1] + 1])))
                 else:
-                    out[lo:hi] = mapped[local]
+                    parts.append(torch.from_numpy(mapped[local]))
                 self._read[i] += (hi - lo) * self.row_bytes[i]
-        return out
+        if not parts:
+            return torch.empty(0, self.p)
+        same_dtype = len({part.dtype for part in parts}) == 1
+        x = torch.cat(parts if same_dtype else [part.float() for part in parts]) if len(parts) > 1 else parts[0]
+        if np.any(order[1:] < order[:-1]):
+            back = torch.empty(len(rows), dtype=torch.long)
+            back[torch.from_numpy(order)] = torch.arange(len(rows))
+            x = x.index_select(0, back)
+        return x.float()
 
     def advise(self, rows: np.ndarray) -> None:
         """Ask the kernel to start reading these rows (sorted) into the page cache now, so that a
@@ -169,7 +184,7 @@ def read_labels(paths: Sequence[Path], rows: int, key: str = "data.labels") -> n
 
 def check_finite(shards: Shards, key: str = "data.path") -> None:
     sample = evenly_spaced(shards.n, FINITE_CHECK_ROWS)
-    bad = ~np.isfinite(shards.read(sample)).all(axis=1)
+    bad = (~shards.read(sample).isfinite().all(dim=1)).numpy()
     if bad.any():
         raise ConfigError(f"config: {key}: row {int(sample[bad][0])} holds NaN or inf (found in a sample of "
                           f"{len(sample)} rows); clean the features first")
@@ -255,7 +270,7 @@ def normalization_stats(mode: str, shards: Shards, train_rows: np.ndarray) -> di
     total = np.zeros(shards.p)
     squares = np.zeros(shards.p)
     for lo in range(0, len(pick), 8192):
-        x = shards.read(pick[lo:lo + 8192]).astype(np.float64)
+        x = shards.read(pick[lo:lo + 8192]).double().numpy()
         total += x.sum(0)
         squares += (x * x).sum(0)
     mean = total / len(pick)

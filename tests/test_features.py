@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import bnnidr_hpc
 from bnnidr_hpc import cli
@@ -86,6 +88,29 @@ def test_standardize_uses_training_rows_only_and_reduce_applies_it_again(digits,
     direct = reducer.model.embed(torch.from_numpy(scaled.astype(np.float32))).numpy()
     assert np.allclose(reducer(torch.from_numpy(x[:20])).numpy(), direct, atol=1e-4)
     assert rec["status"] == "completed"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtypes=st.lists(st.sampled_from(["float16", "float32", "float64"]), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16), count=st.integers(1, 40))
+def test_rows_read_from_shards_equal_the_table_in_any_order(tmp_path, monkeypatch, dtypes, seed, count):
+    """Shards.read gives exactly the concatenated files' rows as float32, in the order asked, across
+    shards of different dtypes, repeated rows and contiguous runs, also when the maps reopen."""
+    from bnnidr_hpc import features
+
+    monkeypatch.setattr(features, "REMAP_BYTES", 256)  # reopen after every few rows
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal((int(rng.integers(1, 12)), 5)).astype(dt) for dt in dtypes]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"{seed}-{i}.npy")
+        np.save(paths[-1], part)
+    table = np.concatenate([part.astype(np.float32) for part in parts])
+    shards = features.Shards(paths)
+    rows = rng.integers(0, len(table), count) if seed % 2 else np.arange(rng.integers(0, len(table)), len(table))
+    got = shards.read(rows.astype(np.int64))
+    assert got.dtype == torch.float32 and got.shape == (len(rows), 5)
+    assert np.array_equal(got.numpy(), table[rows])
 
 
 def test_shards_by_glob_train_like_the_single_file(digits, tmp_path):
