@@ -83,8 +83,13 @@ def library() -> str:
 # Smaller products stay on the BLAS. oneDNN's fixed cost per call (about 14 us here, the BLAS's 6)
 # and its slower transposed operands at small sizes outweigh its rate there: on oneDNN a 64^3
 # product alone takes 2.2x the BLAS's time, 128^3 0.83x, 512^3 0.45x, and the built-in default's
-# whole step (batch 100 through 256-wide layers: 6.5M multiply-adds) ran 5 % slower on it.
-MIN_MULTIPLY_ADDS = 2**23
+# whole step (batch 100 through 256-wide layers: 6.5M multiply-adds) ran 5 % slower with its layers
+# on it. A layer also pays for an autograd Function's call, and its weight gradient's inner size
+# is the batch; a bare product (mm, addmm_: distances, hand-written backwards) is 1.5x faster on
+# oneDNN from 4M multiply-adds on 2 threads, 1.8x on one (250 x 64 x 500 is a 2-rank step's
+# pair block at batch 500: 83 against 47 us on 2 threads, 152 against 76 on one).
+MIN_MULTIPLY_ADDS = 2**23          # a layer (linear)
+MIN_PRODUCT_MULTIPLY_ADDS = 2**22  # a bare product (mm, addmm_)
 
 
 def _on_onednn(*tensors: torch.Tensor) -> bool:
@@ -93,8 +98,8 @@ def _on_onednn(*tensors: torch.Tensor) -> bool:
                            and t.dtype == torch.float32 for t in tensors)
 
 
-def _worth_it(rows: int, inner: int, cols: int) -> bool:
-    return rows * inner * cols >= MIN_MULTIPLY_ADDS and _float32_exact()
+def _worth_it(rows: int, inner: int, cols: int, least: int) -> bool:
+    return rows * inner * cols >= least and _float32_exact()
 
 
 def _float32_exact() -> bool:
@@ -129,14 +134,15 @@ def _untracked(*tensors: torch.Tensor) -> bool:
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b, on oneDNN when use() chose it and autograd does not follow the operands (distances,
     hand-written backwards)."""
-    if _on_onednn(a, b) and _worth_it(*a.shape, b.shape[1]) and _untracked(a, b):
+    if _on_onednn(a, b) and _worth_it(*a.shape, b.shape[1], MIN_PRODUCT_MULTIPLY_ADDS) and _untracked(a, b):
         return _product(a, b.T)
     return a @ b
 
 
 def addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """out += alpha a @ b in place (the BLAS folds it into the product; oneDNN's product is added)."""
-    if _on_onednn(out, a, b) and _worth_it(*a.shape, b.shape[1]) and _untracked(out, a, b):
+    if (_on_onednn(out, a, b) and _worth_it(*a.shape, b.shape[1], MIN_PRODUCT_MULTIPLY_ADDS)
+            and _untracked(out, a, b)):
         return out.add_(_product(a, b.T), alpha=alpha)
     return out.addmm_(a, b, alpha=alpha)
 
@@ -163,7 +169,7 @@ class _Linear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN when use() chose it."""
     if (_onednn and not _tracing() and _on_onednn(x, weight, *(() if bias is None else (bias[None],)))
-            and _worth_it(*x.shape, weight.shape[0])):
+            and _worth_it(*x.shape, weight.shape[0], MIN_MULTIPLY_ADDS)):
         return _Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

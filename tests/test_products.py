@@ -55,11 +55,17 @@ def test_products_are_float32_exact_and_their_gradients_are_autograds(library, o
     assert len(onednn_calls) == expected_calls
     small = torch.randn(64, 64)  # a product too small for oneDNN's fixed cost stays on the BLAS
     assert torch.equal(products.mm(small, small), small @ small) and len(onednn_calls) == expected_calls
+    # A 2-rank step's pair block (8M multiply-adds) is a bare product worth oneDNN; a layer of that
+    # size, which also pays for its autograd Function, stays on the BLAS.
+    products.mm(torch.randn(250, 64), torch.randn(64, 500))
+    products.linear(torch.randn(500, 256), torch.randn(64, 256))
+    assert len(onednn_calls) == (expected_calls + 1 if library == "onednn" else 0)
 
 
 @pytest.mark.parametrize("library", LIBRARIES, indirect=True)
 def test_bfloat16_and_reduced_float32_precision_keep_pytorchs_path(library, onednn_calls, monkeypatch):
     monkeypatch.setattr(products, "MIN_MULTIPLY_ADDS", 0)  # any size would go to oneDNN
+    monkeypatch.setattr(products, "MIN_PRODUCT_MULTIPLY_ADDS", 0)
     layer, x = products.Linear(32, 8), torch.randn(4, 32)
     layer(x)
     assert len(onednn_calls) == (1 if library == "onednn" else 0)
