@@ -122,7 +122,7 @@ def main():
     torch.set_num_threads(os.cpu_count())
     allocator.keep_freed_memory()  # as reduce does, with its block size: the best the forward pass does
     flops_row = forward_flops_per_row(Reducer(c.model_spec()))
-    rate = forward_rate(c, block_rows([c.input_dim, *c.hidden_sizes(), c.output_dim]))
+    rate = forward_rate(c, block_rows(c.model_spec()))
     reduce_rate = rows_per_s * flops_row
     report.add("reduce, the whole file", rows_per_s, "rows/s")
     report.add("forward pass in memory", rate / 1e9, "GFLOP/s")

@@ -35,8 +35,10 @@ BLOCK_BYTES = 24 * 2**20
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 256, 8192
 
 
-def block_rows(widths: Sequence[int]) -> int:
-    return max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (4 * max(widths))))
+def block_rows(spec) -> int:
+    """Rows per block for a model.ModelSpec."""
+    widest = max(spec.input_dim, *spec.hidden_sizes, spec.output_dim)
+    return max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (4 * widest)))
 
 
 class AppliedReducer(torch.nn.Module):
@@ -138,8 +140,7 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
     from tqdm.auto import tqdm
 
     out = Path(output)
-    spec = reducer.model.spec
-    block = block or block_rows([spec.input_dim, *spec.hidden_sizes, spec.output_dim])
+    block = block or block_rows(reducer.model.spec)
     device = next(reducer.parameters()).device
     targets = [(out, (shards.n, reducer.output_dim))]
     if samples > 1:
