@@ -126,8 +126,7 @@ class Shards:
                 self._read[i] += (hi - lo) * self.row_bytes[i]
         if not parts:
             return torch.empty(0, self.p)
-        same_dtype = len({part.dtype for part in parts}) == 1
-        x = torch.cat(parts if same_dtype else [part.float() for part in parts]) if len(parts) > 1 else parts[0]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)  # shards of different dtypes: the widest
         if np.any(order[1:] < order[:-1]):
             back = torch.empty(len(rows), dtype=torch.long)
             back[torch.from_numpy(order)] = torch.arange(len(rows))
