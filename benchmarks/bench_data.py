@@ -9,9 +9,9 @@ in training (ShardLoader.epoch); the clock covers generation alone.
 
 from common import Report, peak_rss_gb, quick_flag, seconds_per_call
 
-from bnnidr_hpc.data import Hypersphere, ShardLoader
-from bnnidr_hpc.distributed import DistInfo, pick_device
-from bnnidr_hpc.loading import load
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
+from bnnidr_hpc.runtime.distributed import DistInfo, pick_device
 
 
 def main():

@@ -31,12 +31,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from common import Report, quick_flag
 
-from bnnidr_hpc import products
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.distributed import free_port
-from bnnidr_hpc.job import run_local
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.model import Reducer
+from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.runtime import products
+from bnnidr_hpc.runtime.distributed import free_port
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf" / "hps_00043.yaml")
 

@@ -24,9 +24,9 @@ import torch
 from bench_step import toolkit_step
 from common import Report, interleaved_seconds, quick_flag
 
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.train import train
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["run.progress=false", "run.graph=false"]

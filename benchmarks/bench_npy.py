@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from common import Report, quick_flag, run_child
 
-from bnnidr_hpc import allocator
-from bnnidr_hpc.data import Hypersphere
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.reduce import block_rows
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.data.sources import Hypersphere
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.reduce.apply import block_rows
+from bnnidr_hpc.runtime import allocator
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "bnnidr_hpc.cli"]

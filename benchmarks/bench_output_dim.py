@@ -20,12 +20,12 @@ from pathlib import Path
 from bench_method import digits_files
 from common import RESULTS, machine, quick_flag
 
-from bnnidr_hpc import output_dim_view
-from bnnidr_hpc.collect import _group_key
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.records import fmt
-from bnnidr_hpc.train import train
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.records import output_dim_view
+from bnnidr_hpc.records.collect import _group_key
+from bnnidr_hpc.records.run_files import fmt
+from bnnidr_hpc.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [2, 3, 4, 6, 8, 11, 16, 21, 32]

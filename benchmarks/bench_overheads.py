@@ -55,15 +55,17 @@ def _run_exit(root: Path, entry: bool) -> float:
     return ended - json.loads(record.read_text())["updated_at"]
 
 
-MODEL = ("import time, torch\nfrom bnnidr_hpc.loading import load\nfrom bnnidr_hpc.model import Reducer\n"
+MODEL = ("import time, torch\nfrom bnnidr_hpc.config.loading import load\n"
+         "from bnnidr_hpc.model.reducer import Reducer\n"
          f"c = load({HPS_00043!r}, [])\nmodel = Reducer(c.model_spec())\n")
-GRAPH_NOW = MODEL + ("from bnnidr_hpc import tensorboard_log\nt = time.perf_counter()\n"
+GRAPH_NOW = MODEL + ("from bnnidr_hpc.records import tensorboard as tensorboard_log\nt = time.perf_counter()\n"
                      "tensorboard_log.graph_def(model, c.input_dim)\nprint(time.perf_counter() - t)")
 GRAPH_SHAPEPROP = MODEL + ("from torch.fx.passes.shape_prop import ShapeProp\nt = time.perf_counter()\n"
                            "model.eval()\n"
                            "ShapeProp(torch.fx.symbolic_trace(model)).propagate(torch.zeros(2, c.input_dim))\n"
                            "print(time.perf_counter() - t)")
-WRITER_NOW = ("import time, torch, tempfile\nfrom pathlib import Path\nfrom bnnidr_hpc import tensorboard_log\n"
+WRITER_NOW = ("import time, torch, tempfile\nfrom pathlib import Path\n"
+              "from bnnidr_hpc.records import tensorboard as tensorboard_log\n"
               "t = time.perf_counter(); tensorboard_log.open_writer(Path(tempfile.mkdtemp()))\n"
               "print(time.perf_counter() - t)")
 WRITER_PLAIN = ("import time, torch, tempfile\nt = time.perf_counter()\n"
@@ -75,11 +77,11 @@ def checkpoint_seconds(rounds: int) -> tuple:
     """Median (serialise, write + fsync) seconds of hps_00043's checkpoint after one step."""
     import torch
 
-    from bnnidr_hpc import checkpoint
-    from bnnidr_hpc.checkpoint import TrainState
-    from bnnidr_hpc.loading import load
-    from bnnidr_hpc.model import Reducer
-    from bnnidr_hpc.optim import Optimizers
+    from bnnidr_hpc.config.loading import load
+    from bnnidr_hpc.model.reducer import Reducer
+    from bnnidr_hpc.train import checkpoint
+    from bnnidr_hpc.train.checkpoint import TrainState
+    from bnnidr_hpc.train.optim import Optimizers
 
     c = load(HPS_00043, [])
     model = Reducer(c.model_spec())

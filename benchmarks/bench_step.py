@@ -17,14 +17,14 @@ import torch
 from common import Report, interleaved_seconds, quick_flag
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnnidr_hpc import allocator, products
-from bnnidr_hpc.data import Hypersphere, ShardLoader
-from bnnidr_hpc.distributed import DistInfo, pick_device
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.metrics import GRAM_BLOCK
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.optim import Optimizers
-from bnnidr_hpc.step import make_step
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
+from bnnidr_hpc.model.objectives import GRAM_BLOCK
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.runtime import allocator, products
+from bnnidr_hpc.runtime.distributed import DistInfo, pick_device
+from bnnidr_hpc.train.optim import Optimizers
+from bnnidr_hpc.train.step import make_step
 
 
 def gram_blocks(batch: int):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import Report, quick_flag, run_child
 
-from bnnidr_hpc.loading import load
+from bnnidr_hpc.config.loading import load
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "bnnidr_hpc.cli", "run"]

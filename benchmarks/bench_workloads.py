@@ -19,13 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 PARTIAL_EPOCH = """
 import sys, time, torch
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.data import Hypersphere, ShardLoader
-from bnnidr_hpc.distributed import DistInfo, pick_device
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.optim import Optimizers
-from bnnidr_hpc.step import make_step
-from bnnidr_hpc import allocator, products
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
+from bnnidr_hpc.runtime.distributed import DistInfo, pick_device
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.train.optim import Optimizers
+from bnnidr_hpc.train.step import make_step
+from bnnidr_hpc.runtime import allocator, products
 c = load(sys.argv[1], sys.argv[3:])
 products.use(c.run.cpu_matmul)  # what train() sets up
 allocator.keep_freed_memory()

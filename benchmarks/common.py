@@ -59,7 +59,7 @@ def peak_rss_gb() -> float:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    from bnnidr_hpc import products
+    from bnnidr_hpc.runtime import products
 
     model = products.cpu_info().get("model name") or platform.processor() or platform.machine()
     return f"{model} CPU x{os.cpu_count()}, torch {torch.__version__}, float32 products: {products.resolve('auto')}"

@@ -6,9 +6,9 @@ noise. Prints the README's table (markdown).
 A linear embedding is an isometry, so p does not change the distances; p = 256 keeps it fast.
 """
 
-from bnnidr_hpc import intrinsic
-from bnnidr_hpc.config import DataConfig
-from bnnidr_hpc.data import Hypersphere
+from bnnidr_hpc.config.schema import DataConfig
+from bnnidr_hpc.data.sources import Hypersphere
+from bnnidr_hpc.train import intrinsic
 
 CASES = [(d, n, 0.0) for d in (5, 10, 20, 50) for n in (2000, 20000)] + [(5, 20000, s) for s in (0.02, 0.05, 0.1)]
 

@@ -26,9 +26,19 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .config import ConfigError, run_dir_for
-from .loading import load
-from .records import COMPLETED, DIVERGED, RunDirBusy, RunFileError, check_free, fmt, read_record, set_aside
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.records.run_files import (
+    COMPLETED,
+    DIVERGED,
+    RunDirBusy,
+    RunFileError,
+    check_free,
+    fmt,
+    read_record,
+    set_aside,
+)
+from bnnidr_hpc.runtime.errors import ConfigError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -84,8 +94,8 @@ def _relevance_line(rel: dict) -> str:
 
 
 def cmd_run(ns) -> int:
-    from . import distributed
-    from .job import check_local
+    from bnnidr_hpc.cluster.job import check_local
+    from bnnidr_hpc.runtime import distributed
 
     config_path, overrides = split_config_and_overrides(ns.args)
     if ns.gpus is not None:
@@ -111,7 +121,7 @@ def cmd_run(ns) -> int:
 
 def _train_here(c, run_dir: Path, main_rank: bool) -> int:
     """Train, then one summary; every way the run ends is a line and an exit status."""
-    from .job import RunFailed, run_local
+    from bnnidr_hpc.cluster.job import RunFailed, run_local
 
     try:
         record = run_local(c, run_dir)
@@ -121,7 +131,7 @@ def _train_here(c, run_dir: Path, main_rank: bool) -> int:
         print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the record holds the error; the terminal gets its line
-        from .train import one_line
+        from bnnidr_hpc.train.loop import one_line
 
         print(f"bnnidr-hpc: failed: {one_line(exc)} (record: {run_dir / 'record.json'})", file=sys.stderr)
         return EXIT_FAILED
@@ -140,7 +150,7 @@ def _train_here(c, run_dir: Path, main_rank: bool) -> int:
 
 
 def cmd_submit(ns) -> int:
-    from . import submit
+    from bnnidr_hpc.cluster import submit
 
     config_path, overrides = split_config_and_overrides(ns.args)
     plan = submit.plan(config_path, overrides, parse_gpus(ns.gpus) if ns.gpus else None, ns.nodes)
@@ -168,7 +178,7 @@ def cmd_submit(ns) -> int:
 
 
 def _need_slurm(local: bool, otherwise: str) -> None:
-    from . import submit
+    from bnnidr_hpc.cluster import submit
 
     reason = None if local else submit.slurm_available()
     if reason:
@@ -178,7 +188,7 @@ def _need_slurm(local: bool, otherwise: str) -> None:
 def _check_and_submit(plan, local: bool, force: bool, check_only: bool) -> int:
     """Ask the cluster about every group first (sbatch --test-only, partition limits); submit only
     if it would take them all. Each refusal is one line, exit 2."""
-    from . import submit
+    from bnnidr_hpc.cluster import submit
 
     groups = plan.groups.values() if check_only else submit.pending_groups(plan)
     refusals = 0
@@ -209,7 +219,7 @@ def _check_and_submit(plan, local: bool, force: bool, check_only: bool) -> int:
 
 
 def cmd_logs(ns) -> int:
-    from . import lifecycle
+    from bnnidr_hpc.cluster import lifecycle
 
     run_dir = Path(ns.run_dir).absolute()
     try:
@@ -219,7 +229,7 @@ def cmd_logs(ns) -> int:
 
 
 def cmd_cancel(ns) -> int:
-    from . import lifecycle
+    from bnnidr_hpc.cluster import lifecycle
 
     root = Path(ns.dir).absolute()
     if not root.is_dir():
@@ -234,7 +244,7 @@ def cmd_cancel(ns) -> int:
 
 
 def cmd_retry(ns) -> int:
-    from . import lifecycle, submit
+    from bnnidr_hpc.cluster import lifecycle, submit
 
     root = Path(ns.dir).absolute()
     if not root.is_dir():
@@ -253,7 +263,7 @@ def cmd_retry(ns) -> int:
 
 
 def cmd_status(ns) -> int:
-    from . import status
+    from bnnidr_hpc.cluster import status
 
     root = Path(ns.dir)
     if not root.is_dir():
@@ -280,7 +290,7 @@ def cmd_status(ns) -> int:
 
 
 def cmd_estimate_id(ns) -> int:
-    from . import intrinsic
+    from bnnidr_hpc.train import intrinsic
 
     config_path, overrides = split_config_and_overrides(ns.args)
     c = load(config_path, overrides)
@@ -301,11 +311,11 @@ def cmd_estimate_id(ns) -> int:
 
 
 def cmd_reduce(ns) -> int:
-    from . import reduce
+    from bnnidr_hpc.reduce import apply
 
     if len(ns.paths) < 3:
         raise UsageError("reduce: give RUN_DIR INPUT... OUTPUT (.npy inputs or globs, then the output .npy)")
-    result = reduce.run(ns.paths[0], ns.paths[1:-1], ns.paths[-1], ns.mc_samples, ns.device,
+    result = apply.run(ns.paths[0], ns.paths[1:-1], ns.paths[-1], ns.mc_samples, ns.device,
                         ns.allow_incomplete, ns.block)
     spread = f", spread per vector in {result['spread']}" if result["spread"] else ""
     print(f"reduced {result['rows']} rows into {result['output']}{spread} "
@@ -314,7 +324,7 @@ def cmd_reduce(ns) -> int:
 
 
 def cmd_collect(ns) -> int:
-    from .collect import main as collect_main
+    from bnnidr_hpc.records.collect import main as collect_main
 
     return collect_main(ns.rest)
 

@@ -18,7 +18,7 @@ TINY = ["data.n=256", "data.p=32", "data.d=3", "data.categories=4", "batch_size=
 @pytest.fixture
 def tiny(tmp_path):
     """A tiny validated Config; extra key=value overrides win over the tiny defaults."""
-    from bnnidr_hpc.loading import load
+    from bnnidr_hpc.config.loading import load
 
     def make(*overrides, config=None):
         return load(config, TINY + [f"run.root={tmp_path / 'runs'}", *overrides])

@@ -6,18 +6,18 @@ import sys
 
 import pytest
 
-from bnnidr_hpc import allocator
+from bnnidr_hpc.runtime import allocator
 
 # Steps at batch 1024, whose pair matrices are 4 MB each; prints the page faults of the last 20.
 STEPS = """
 import resource, sys, torch
-from bnnidr_hpc import allocator
-from bnnidr_hpc.data import Hypersphere, ShardLoader
-from bnnidr_hpc.distributed import DistInfo
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.optim import Optimizers
-from bnnidr_hpc.step import make_step
+from bnnidr_hpc.runtime import allocator
+from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
+from bnnidr_hpc.runtime.distributed import DistInfo
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.train.optim import Optimizers
+from bnnidr_hpc.train.step import make_step
 if sys.argv[1] == "keep":
     assert allocator.keep_freed_memory()
 c = load(None, ["data.n=8192", "data.p=128", "batch_size=1024", "layer_size=128", "output_dim=8"])

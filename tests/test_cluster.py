@@ -16,11 +16,11 @@ from conftest import REPO, TINY
 from test_slurm import LONG, SGD, ended, record, run_dirs_of, submit, wait_for
 
 from bnnidr_hpc import cli
-from bnnidr_hpc import submit as submitting
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.records import read_job
-from bnnidr_hpc.status import job_state, run_status
-from bnnidr_hpc.train import train
+from bnnidr_hpc.cluster import submit as submitting
+from bnnidr_hpc.cluster.status import job_state, run_status
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.records.run_files import read_job
+from bnnidr_hpc.train.loop import train
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 

@@ -6,8 +6,9 @@ import torch
 from conftest import CONF
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import ConfigError, RunConfig, run_dir_for
-from bnnidr_hpc.loading import load
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import RunConfig, run_dir_for
+from bnnidr_hpc.runtime.errors import ConfigError
 
 # Presets of a user's feature files: their placeholder paths are replaced, and their identity
 # depends on those paths.
@@ -27,7 +28,7 @@ def features_1536(tmp_path_factory):
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_composes_validates_and_builds_its_model(path, features_1536):
-    from bnnidr_hpc.model import Reducer
+    from bnnidr_hpc.model.reducer import Reducer
 
     c = load(str(path), features_1536 if path.name in FEATURE_PRESETS else [])
     assert c.run.name == path.stem
@@ -89,7 +90,7 @@ def test_run_identity_of_the_shipped_configs_is_pinned():
 
 
 def test_run_identity_is_the_difference_from_the_defaults():
-    from bnnidr_hpc.config import identity
+    from bnnidr_hpc.config.schema import identity
 
     # a value given at its default (as a key added to the schema later would be) changes nothing
     assert run_dir_for(load(None, ["data.noise=0.0", "eval.every=1", "optimizers.0.momentum=0.9"])) == \
@@ -280,7 +281,7 @@ def test_run_root_below_a_file_and_blank_run_name(tmp_path):
 
 @pytest.mark.parametrize("bayesian", [False, True])
 def test_nlayers_0_is_a_linear_reducer(bayesian):
-    from bnnidr_hpc.model import Reducer, parameter_names
+    from bnnidr_hpc.model.reducer import Reducer, parameter_names
 
     c = load(None, ["nlayers=0", "data.p=16", "output_dim=3", "batch_norm=true", f"bayesian={bayesian}"])
     assert c.hidden_sizes() == [] and c.activations() == []

@@ -1,9 +1,9 @@
 import torch
 from conftest import CONF
 
-from bnnidr_hpc import intrinsic
-from bnnidr_hpc.config import DataConfig
-from bnnidr_hpc.data import CHUNK, Hypersphere, ShardLoader
+from bnnidr_hpc.config.schema import DataConfig
+from bnnidr_hpc.data.sources import CHUNK, Hypersphere, ShardLoader
+from bnnidr_hpc.train import intrinsic
 
 
 def test_points_depend_on_seed_and_index_only():
@@ -87,8 +87,8 @@ def test_streamed_epoch_matches_its_order_and_covers_each_point_once():
 
 
 def test_curved_embedding_spans_p_and_pca_to_d_plus_1_loses_ap():
-    from bnnidr_hpc.loading import load
-    from bnnidr_hpc.metrics import mean_average_precision
+    from bnnidr_hpc.config.loading import load
+    from bnnidr_hpc.model.objectives import mean_average_precision
 
     c = load(str(CONF / "curved_d5.yaml"), [])
     sphere = Hypersphere(c.data, c.seed)

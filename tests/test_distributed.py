@@ -1,8 +1,9 @@
 import pytest
 
-from bnnidr_hpc import distributed, job
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.job import run_local
+from bnnidr_hpc.cluster import job
+from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.runtime import distributed
 
 
 def test_describe_reads_torchrun_slurm_or_nothing():
@@ -86,16 +87,16 @@ SLOW_SAVE_S = 1.5
 def _train_with_slow_writes_on_rank_0(rank, port, c, run_dir):
     import time
 
-    from bnnidr_hpc import records
+    from bnnidr_hpc.records import run_files
 
-    append_line = records.append_line
+    append_line = run_files.append_line
 
     def slow_append_line(*args, **kwargs):  # the metrics line: written in the training thread
         time.sleep(SLOW_SAVE_S)
         append_line(*args, **kwargs)
 
     if rank == 0:
-        records.append_line = slow_append_line
+        run_files.append_line = slow_append_line
     job._local_rank(rank, c, run_dir, port)  # what `run --gpus 2` runs on each rank
 
 
@@ -104,13 +105,13 @@ def test_rank_0_writing_files_does_not_count_as_another_ranks_epoch_time(tiny):
     # for it as training, or the record would name them the slow ranks.
     import torch.multiprocessing as mp
 
-    from bnnidr_hpc import records
+    from bnnidr_hpc.records import run_files
 
     c = tiny("num_gpu=2", "batch_size=16")
     run_dir = run_dir_for(c)
     mp.start_processes(_train_with_slow_writes_on_rank_0, args=(distributed.free_port(), c, str(run_dir)),
                        nprocs=2, start_method="spawn")
-    record = records.read_record(run_dir)
+    record = run_files.read_record(run_dir)
     assert record["status"] == "completed" and record["epochs_done"] == 3
     assert record["session_seconds"] > 3 * SLOW_SAVE_S  # the slow writes happened
     # an epoch of this tiny run takes milliseconds; counting rank 0's write would add SLOW_SAVE_S

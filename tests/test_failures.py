@@ -16,8 +16,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from bnnidr_hpc import cli, distributed, records, status
-from bnnidr_hpc.config import run_dir_for
+from bnnidr_hpc import cli
+from bnnidr_hpc.cluster import status
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.records import run_files
+from bnnidr_hpc.runtime import distributed
 
 
 def record(run_dir):
@@ -47,8 +50,8 @@ def test_a_diverging_run_stops_at_once_and_says_so_on_every_rerun(tiny, capsys):
 
 
 def test_a_loss_blow_up_past_the_factor_is_divergence_and_the_finite_checkpoint_survives(tiny, monkeypatch):
-    from bnnidr_hpc import step as step_module
-    from bnnidr_hpc.train import train
+    from bnnidr_hpc.train import step as step_module
+    from bnnidr_hpc.train.loop import train
 
     make = step_module.make_step
 
@@ -61,7 +64,7 @@ def test_a_loss_blow_up_past_the_factor_is_divergence_and_the_finite_checkpoint_
             return (stress * 1000, kl) if calls[0] > 8 else (stress, kl)
         return step
 
-    monkeypatch.setattr("bnnidr_hpc.train.make_step", blowing_up)
+    monkeypatch.setattr("bnnidr_hpc.train.loop.make_step", blowing_up)
     c = tiny("run.diverge_factor=10")
     rec = train(c, run_dir_for(c))
     assert rec["status"] == "diverged" and rec["diverged_at"] == {"epoch": 2, "step": None}
@@ -71,8 +74,8 @@ def test_a_loss_blow_up_past_the_factor_is_divergence_and_the_finite_checkpoint_
 
 
 def _rank_that_fails_or_stops(rank, port, c, run_dir, how):
-    from bnnidr_hpc import job
-    from bnnidr_hpc import step as step_module
+    from bnnidr_hpc.cluster import job
+    from bnnidr_hpc.train import step as step_module
 
     make = step_module.make_step
 
@@ -88,7 +91,7 @@ def _rank_that_fails_or_stops(rank, port, c, run_dir, how):
             return inner(*batch)
         return step
 
-    import bnnidr_hpc.train as train_module
+    import bnnidr_hpc.train.loop as train_module
 
     train_module.make_step = flaky
     job._local_rank(rank, c, run_dir, port)
@@ -128,7 +131,7 @@ def test_a_failing_or_stopped_rank_ends_the_run_naming_the_rank_and_its_host(tin
 def test_run_gpus_2_with_a_failing_rank_is_one_line_and_a_failed_record(tmp_path):
     # `run --gpus 2` in a subprocess whose rank 1 raises: the parent prints one line, exit 1
     script = (
-        "import sys, bnnidr_hpc.step as s\n"
+        "import sys, bnnidr_hpc.train.step as s\n"
         "make = s.make_step\n"
         "def flaky(*a, **k):\n"
         "    inner = make(*a, **k)\n"
@@ -137,7 +140,7 @@ def test_run_gpus_2_with_a_failing_rank_is_one_line_and_a_failed_record(tmp_path
         "        if d.get_rank() == 1: raise ValueError('rank 1 broke on purpose')\n"
         "        return inner(*b)\n"
         "    return step\n"
-        "import bnnidr_hpc.train as t; t.make_step = flaky\n"
+        "import bnnidr_hpc.train.loop as t; t.make_step = flaky\n"
         "from bnnidr_hpc import cli\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(cli.main(sys.argv[1:]))\n")
@@ -166,7 +169,7 @@ def test_a_full_disk_is_one_line_naming_enospc_and_the_last_checkpoint_survives(
                 raise OSError(errno.ENOSPC, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(records.os, "replace", replace)
+    monkeypatch.setattr(run_files.os, "replace", replace)
     c = tiny()
     code, out, err = cli_run(capsys, *TINY, f"run.root={c.run.root}")
     rd = run_dir_for(c)
@@ -180,9 +183,9 @@ def test_a_full_disk_is_one_line_naming_enospc_and_the_last_checkpoint_survives(
 
 def test_a_checkpoint_write_that_fails_on_its_thread_is_raised_by_the_next_save_and_by_wait(tiny, tmp_path,
                                                                                              monkeypatch):
-    from bnnidr_hpc.checkpoint import TrainState, Writer
-    from bnnidr_hpc.model import Reducer
-    from bnnidr_hpc.optim import Optimizers
+    from bnnidr_hpc.model.reducer import Reducer
+    from bnnidr_hpc.train.checkpoint import TrainState, Writer
+    from bnnidr_hpc.train.optim import Optimizers
 
     c = tiny()
     model = Reducer(c.model_spec())
@@ -199,16 +202,16 @@ def test_a_checkpoint_write_that_fails_on_its_thread_is_raised_by_the_next_save_
     writer.wait()
     assert torch.load(path, weights_only=False)["state"]["epoch"] == 1
     with monkeypatch.context() as m:
-        m.setattr(records.os, "replace", full_disk)
+        m.setattr(run_files.os, "replace", full_disk)
         save(2)
         writer.join()
-    with pytest.raises(records.RunFileError, match="ENOSPC"):  # epoch 2's failed write, raised by the next save
+    with pytest.raises(run_files.RunFileError, match="ENOSPC"):  # epoch 2's failed write, raised by the next save
         save(3)
     assert torch.load(path, weights_only=False)["state"]["epoch"] == 1  # the last good one is kept
     with monkeypatch.context() as m:
-        m.setattr(records.os, "replace", full_disk)
+        m.setattr(run_files.os, "replace", full_disk)
         save(3)
-        with pytest.raises(records.RunFileError, match="ENOSPC"):
+        with pytest.raises(run_files.RunFileError, match="ENOSPC"):
             writer.wait()
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -216,7 +219,7 @@ def test_a_checkpoint_write_that_fails_on_its_thread_is_raised_by_the_next_save_
 def test_a_second_run_of_the_same_config_says_who_holds_it(tiny, capsys):
     c = tiny()
     rd = run_dir_for(c)
-    with records.hold(rd):
+    with run_files.hold(rd):
         code, out, err = cli_run(capsys, *TINY, f"run.root={c.run.root}")
         assert code == 2 and err.count("\n") == 1
         assert f"is in use by host {__import__('socket').gethostname()} pid {os.getpid()}" in err
@@ -239,7 +242,7 @@ def test_kill_9_loses_no_metrics_line_and_every_session_is_counted(tmp_path):
     proc.wait()
     (rd,) = [p.parent for p in tmp_path.glob("*/config.yaml")]
     # Its record still says running, but no process holds the directory: status says so.
-    from bnnidr_hpc.status import run_status
+    from bnnidr_hpc.cluster.status import run_status
 
     assert record(rd)["status"] == "running"
     killed = run_status(rd)
@@ -283,15 +286,15 @@ def test_files_honour_the_umask(tmp_path):
 
 def test_records_are_strict_json_with_non_finite_values_as_null(tmp_path):
     path = tmp_path / "r.json"
-    records.write_json(path, {"loss": float("nan"), "nested": [float("inf"), 1.0]})
+    run_files.write_json(path, {"loss": float("nan"), "nested": [float("inf"), 1.0]})
     strict = json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"{token} in a record"))
     assert strict == {"loss": None, "nested": [None, 1.0]}
 
 
 def test_a_run_resumes_only_on_the_device_type_its_data_were_made_on(tiny):
     # the generator makes other points on another device type: resuming there would mix data sets
-    from bnnidr_hpc.config import ConfigError
-    from bnnidr_hpc.train import train
+    from bnnidr_hpc.runtime.errors import ConfigError
+    from bnnidr_hpc.train.loop import train
 
     c = tiny("max_epochs=1")
     rd = run_dir_for(c)
@@ -309,7 +312,7 @@ def test_a_job_that_failed_before_writing_anything_says_why_from_slurm(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     missing = tmp_path / "not-on-this-node" / "7_0_log.err"
-    records.write_json(run_dir / records.JOB, {
+    run_files.write_json(run_dir / run_files.JOB, {
         "job_id": "99999998", "executor": "slurm", "stderr": str(missing),
         "slurm_conf": str(tmp_path / "no-such.conf"),
         "final_slurm_state": {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "1:0",
@@ -341,10 +344,10 @@ def test_slurm_ranks_meet_at_the_first_nodes_address_on_a_port_below_the_ephemer
 
 
 def test_status_leaves_out_run_directories_set_aside_by_force_and_unknown_time_limits_check_nothing(tmp_path):
-    from bnnidr_hpc.submit import _minutes
+    from bnnidr_hpc.cluster.submit import _minutes
 
     for name in ("a", "a.replaced-20261203-101010"):
         (tmp_path / name).mkdir()
-        records.write_json(tmp_path / name / records.RECORD, {"status": "completed"})
+        run_files.write_json(tmp_path / name / run_files.RECORD, {"status": "completed"})
     assert [d.name for d in status.find_run_dirs(tmp_path)] == ["a"]
     assert [_minutes(t) for t in ("2:00:00", "1-00:00:00", "30:00", "UNLIMITED", "NONE")] == [120, 1440, 30, None, None]

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import bnnidr_hpc
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.job import run_local
-from bnnidr_hpc.loading import load
+from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.config.schema import run_dir_for
 
 SMALL = [o for o in TINY if not o.startswith(("data.", "eval.", "output_dim"))] + ["output_dim=8"]
 
@@ -96,7 +96,7 @@ def test_standardize_uses_training_rows_only_and_reduce_applies_it_again(digits,
 def test_rows_read_from_shards_equal_the_table_in_any_order(tmp_path, monkeypatch, dtypes, seed, count):
     """Shards.read gives exactly the concatenated files' rows as float32, in the order asked, across
     shards of different dtypes, repeated rows and contiguous runs, also when the maps reopen."""
-    from bnnidr_hpc import features
+    from bnnidr_hpc.data import features
 
     monkeypatch.setattr(features, "REMAP_BYTES", 256)  # reopen after every few rows
     rng = np.random.default_rng(seed)

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config import ACTIVATIONS, DEVICES, EMBEDDINGS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config
-from bnnidr_hpc.validation import MAX_INT
+from bnnidr_hpc.config.schema import ACTIVATIONS, DEVICES, EMBEDDINGS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config
+from bnnidr_hpc.config.validation import MAX_INT
 
 BASE = CONF / "hps_00040.yaml"  # nlayers=2, batch_size=50, data.n=2000
 HEADER = "defaults: [bnnidr_schema, _self_]\n"
@@ -139,9 +139,9 @@ def no_work():
     """A value the generators got wrong (a valid one) fails at once, instead of training or
     estimating for every example Hypothesis replays while shrinking."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("bnnidr_hpc.job.run_local", _accepted)
-        mp.setattr("bnnidr_hpc.intrinsic.estimate_config", _accepted)
-        mp.setattr("bnnidr_hpc.submit.dry_run", _accepted)
+        mp.setattr("bnnidr_hpc.cluster.job.run_local", _accepted)
+        mp.setattr("bnnidr_hpc.train.intrinsic.estimate_config", _accepted)
+        mp.setattr("bnnidr_hpc.cluster.submit.dry_run", _accepted)
         yield
 
 

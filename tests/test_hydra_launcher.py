@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY
 
-from bnnidr_hpc import records
-from bnnidr_hpc.hydra_launcher import executor_parameters, profile_parameters
-from bnnidr_hpc.loading import load
+from bnnidr_hpc.cluster.hydra_launcher import executor_parameters, profile_parameters
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.records import run_files
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -23,7 +23,7 @@ SMALL = [o for o in TINY if not o.startswith(("batch_size=", "max_epochs="))] + 
 
 
 def multirun_args(base: Path, name: str, *overrides) -> list:
-    return [sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
+    return [sys.executable, "-m", "bnnidr_hpc.cluster.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
             "hps_00040", "-m", "hydra/launcher=bnnidr_slurm", *SMALL, *overrides, f"hydra.launcher.name={name}",
             f"run.root={base / 'runs'}", f"hydra.sweep.dir={base / 'hydra'}"]
 
@@ -73,7 +73,8 @@ def test_the_profile_options_reach_the_sbatch_script(completed):
                    "--requeue", "--open-mode=append", "--signal=USR2@20", "--time=30"):
         assert f"#SBATCH {option}\n" in text, text
     assert "\necho bnnidr-setup-ran\n" in text and "--gres" not in text
-    assert "-m bnnidr_hpc.job_start -u -m submitit.core._submit" in text  # early signals are kept, as submit does
+    # early signals are kept, as submit does
+    assert "-m bnnidr_hpc.cluster.job_start -u -m submitit.core._submit" in text
     recs = [json.loads((d / "record.json").read_text()) for d in sorted((base / "runs").iterdir())]
     assert [r["status"] for r in recs] == ["completed", "completed"]
     assert all(r["world_size"] == 2 for r in recs) and sorted(r["batch_size"] for r in recs) == [25, 50]
@@ -155,7 +156,7 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     try:
         # Cancelled once it trains: Slurm says RUNNING before the job's Python has made its run directory.
         deadline = time.time() + 120
-        while not any((records.read_record(d) or {}).get("status") == records.RUNNING
+        while not any((run_files.read_record(d) or {}).get("status") == run_files.RUNNING
                       for d in (tmp_path / "runs").glob("*")):
             assert time.time() < deadline and proc.poll() is None, "the job never started training"
             time.sleep(1)
@@ -171,5 +172,5 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     (line,) = [line for line in bnnidr_lines(err) if line.startswith("bnnidr-hpc: failed: ")]
     assert f" {run_dir}: job {job} ended without a result (cancelled)" in line, err[-2000:]
-    assert records.read_record(run_dir)["status"] == records.INTERRUPTED  # checkpointed, resumable
+    assert run_files.read_record(run_dir)["status"] == run_files.INTERRUPTED  # checkpointed, resumable
     assert time.time() - cancelled < 90

@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import CONF
 
-from bnnidr_hpc import cli, intrinsic
-from bnnidr_hpc.config import DataConfig, run_dir_for
-from bnnidr_hpc.data import Hypersphere
-from bnnidr_hpc.train import train
+from bnnidr_hpc import cli
+from bnnidr_hpc.config.schema import DataConfig, run_dir_for
+from bnnidr_hpc.data.sources import Hypersphere
+from bnnidr_hpc.train import intrinsic
+from bnnidr_hpc.train.loop import train
 
 
 def sphere(d, p=128, n=4000, **kw):
@@ -80,7 +81,7 @@ def test_estimate_id_command(capsys):
 
 
 def test_output_dim_auto_chooses_from_the_estimate_and_records_it(tmp_path):
-    from bnnidr_hpc.loading import load
+    from bnnidr_hpc.config.loading import load
 
     c = load(str(CONF / "hps_00040.yaml"), ["output_dim=auto", "run.progress=false", "run.graph=false",
                                             f"run.root={tmp_path}", "max_epochs=10"])

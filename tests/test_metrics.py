@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from bnnidr_hpc.metrics import (
+from bnnidr_hpc.model.objectives import (
     mean_average_precision,
     pair_blocks,
     pair_targets,
@@ -148,7 +148,7 @@ def test_float32_self_pairs_do_not_disturb_the_gradient():
 
 
 def test_umap_loss_and_gradient_match_the_plain_formula_and_rank_shares_add_up():
-    from bnnidr_hpc.metrics import neighbour_scale
+    from bnnidr_hpc.model.objectives import neighbour_scale
 
     torch.manual_seed(0)
     x = torch.randn(36, 10, dtype=torch.float64)
@@ -181,7 +181,7 @@ def test_umap_loss_and_gradient_match_the_plain_formula_and_rank_shares_add_up()
 
 
 def test_umap_sigma_leaves_a_small_batch_half_a_neighbour_per_point_at_least():
-    from bnnidr_hpc.metrics import neighbour_scale
+    from bnnidr_hpc.model.objectives import neighbour_scale
 
     torch.manual_seed(1)
     x = torch.randn(32, 8, dtype=torch.float64)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.model import BayesLinear, Reducer
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.model.reducer import BayesLinear, Reducer
 
 
 def model(*overrides):
@@ -92,13 +92,13 @@ def test_tensorboard_graph_has_every_layer_with_its_shape_and_no_deprecated_trac
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from bnnidr_hpc import tensorboard_log
+    from bnnidr_hpc.records import tensorboard
 
     m = model(*overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch.jit.trace's DeprecationWarning would fail here
-        writer = tensorboard_log.open_writer(tmp_path)
-        tensorboard_log.log_graph(writer, m, 32)
+        writer = tensorboard.open_writer(tmp_path)
+        tensorboard.log_graph(writer, m, 32)
         writer.close()
     assert m.training  # the graph is traced in eval mode, and the model is left as it was
     nodes = {n.name: n for n in EventAccumulator(str(tmp_path / "tb")).Reload().Graph().node}

@@ -4,11 +4,11 @@ auto picks oneDNN on AMD CPUs only, and a run records the one it used."""
 import pytest
 import torch
 
-from bnnidr_hpc import products
-from bnnidr_hpc.config import ConfigError
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.train import train
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.runtime import products
+from bnnidr_hpc.runtime.errors import ConfigError
+from bnnidr_hpc.train.loop import train
 
 LIBRARIES = ["blas", pytest.param("onednn", marks=pytest.mark.skipif(
     products.resolve("onednn") != "onednn", reason="this PyTorch build has no oneDNN"))]

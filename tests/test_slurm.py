@@ -10,10 +10,10 @@ import pytest
 from conftest import REPO, TINY
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.loading import load
-from bnnidr_hpc.records import read_job
-from bnnidr_hpc.status import job_state, run_status
-from bnnidr_hpc.train import train
+from bnnidr_hpc.cluster.status import job_state, run_status
+from bnnidr_hpc.config.loading import load
+from bnnidr_hpc.records.run_files import read_job
+from bnnidr_hpc.train.loop import train
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -160,7 +160,7 @@ def test_interrupted_job_requeues_and_resumes_to_the_same_result(tmp_path, capsy
     assert capsys.readouterr().out.count(f"global_rank={int(gpus) - 1}({gpus})") == 2
     # The same run uninterrupted, here: same final loss and AP.
     c = load(None, TINY + SGD + LONG + [f"num_gpu={gpus}"])
-    from bnnidr_hpc.job import run_local
+    from bnnidr_hpc.cluster.job import run_local
 
     straight = run_local(c, tmp_path / "straight")
     assert rec["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
@@ -170,7 +170,7 @@ def test_interrupted_job_requeues_and_resumes_to_the_same_result(tmp_path, capsy
 
 def test_hydra_multirun_through_hydra_submitit_launcher(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
+        [sys.executable, "-m", "bnnidr_hpc.cluster.hydra_app", "--config-dir", str(REPO / "conf"), "--config-name",
          "hps_00040", "-m", "hydra/launcher=bnnidr_slurm", "+cluster=local", "num_gpu=2", "batch_size=25,50",
          "max_epochs=2", "run.progress=false", f"run.root={tmp_path / 'runs'}",
          f"hydra.sweep.dir={tmp_path / 'hydra'}"],

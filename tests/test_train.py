@@ -3,15 +3,17 @@ import json
 import pytest
 import torch
 
-from bnnidr_hpc import cli, metrics, records
-from bnnidr_hpc.config import run_dir_for
-from bnnidr_hpc.data import Hypersphere, ShardLoader
-from bnnidr_hpc.distributed import DistInfo
-from bnnidr_hpc.job import run_local
-from bnnidr_hpc.model import Reducer
-from bnnidr_hpc.optim import Optimizers, lr_factor
-from bnnidr_hpc.step import make_step
-from bnnidr_hpc.train import train
+from bnnidr_hpc import cli
+from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
+from bnnidr_hpc.model import objectives
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.records import run_files
+from bnnidr_hpc.runtime.distributed import DistInfo
+from bnnidr_hpc.train.loop import train
+from bnnidr_hpc.train.optim import Optimizers, lr_factor
+from bnnidr_hpc.train.step import make_step
 
 METRICS = ("final_loss", "ap_in", "ap_out", "ap_retention")
 
@@ -33,7 +35,7 @@ def test_tiny_run_writes_a_complete_run_directory(tiny):
     assert 0 < on_disk["ap_in"] <= 1 and 0 < on_disk["ap_out"] <= 1
     assert on_disk["versions"]["torch"] == torch.__version__
     assert (rd / "config.yaml").read_text().count("batch_size: 32") == 1
-    assert len((rd / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((rd / "objectives.jsonl").read_text().splitlines()) == 3
     assert (rd / "checkpoint.pt").exists()
     assert not list(rd.glob(".*.tmp"))  # no temp files left behind
 
@@ -109,7 +111,7 @@ def test_step_schedule_changes_lr_on_schedule(tiny):
 
 
 def test_schedules():
-    from bnnidr_hpc.config import ScheduleConfig as S
+    from bnnidr_hpc.config.schema import ScheduleConfig as S
 
     assert lr_factor(S(name="step", step_size=50, gamma=0.9), 120, 200) == pytest.approx(0.81)
     assert lr_factor(S(name="cosine"), 0, 10) == 1 and lr_factor(S(name="cosine"), 10, 10) == pytest.approx(0)
@@ -147,7 +149,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
     # total_seconds adds each session once: the interrupted one's (kept by the checkpoint), then
     # this one's, from process start to the record's last update
     assert 0 < before_restart["elapsed_s"] <= first["total_seconds"]
-    this_session = resumed["updated_at"] - records.process_start_time()
+    this_session = resumed["updated_at"] - run_files.process_start_time()
     assert resumed["total_seconds"] == pytest.approx(before_restart["elapsed_s"] + this_session, rel=1e-9)
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
@@ -158,11 +160,11 @@ def test_working_ahead_on_the_next_batch_changes_nothing(tiny, monkeypatch):
     """A step given the next batch computes its input distances early (while it would wait for
     collectives); the losses and the model must be exactly those of steps that compute them when
     they need them, from the loader's two alternating buffers."""
-    import bnnidr_hpc.step as step_module
+    import bnnidr_hpc.train.step as step_module
 
     computed_in_step = []
     monkeypatch.setattr(step_module, "pair_targets",
-                        lambda *a: computed_in_step.append(1) or metrics.pair_targets(*a))
+                        lambda *a: computed_in_step.append(1) or objectives.pair_targets(*a))
     c = tiny("batch_size=600", "data.n=1800", "data.p=16")  # 3 steps, several 256-row blocks
     losses, models, in_step = [], [], []
     for ahead in (True, False):
@@ -182,14 +184,14 @@ def test_working_ahead_on_the_next_batch_changes_nothing(tiny, monkeypatch):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "record.json"
-    records.write_json(path, {"status": "completed"})
+    run_files.write_json(path, {"status": "completed"})
 
     def explode(f):
         f.write("{half")
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        records.atomic_write(path, explode)
+        run_files.atomic_write(path, explode)
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert list(tmp_path.iterdir()) == [path]
 
@@ -213,7 +215,8 @@ def test_hydra_app_trains_the_same_run(tmp_path):
 
     from conftest import CONF
 
-    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(CONF), "--config-name",
+    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.cluster.hydra_app", "--config-dir", str(CONF),
+                           "--config-name",
                            "hps_00040", "max_epochs=1", "run.progress=false", f"run.root={tmp_path}",
                            "hydra.run.dir=" + str(tmp_path / "hydra")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -227,7 +230,8 @@ def test_hydra_multirun_with_the_local_submitit_launcher_runs_num_gpu_ranks(tmp_
 
     from conftest import CONF
 
-    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.hydra_app", "--config-dir", str(CONF), "--config-name",
+    proc = subprocess.run([sys.executable, "-m", "bnnidr_hpc.cluster.hydra_app", "--config-dir", str(CONF),
+                           "--config-name",
                            "hps_00040", "-m", "hydra/launcher=bnnidr_local", "num_gpu=2", "max_epochs=1",
                            "batch_size=25", "run.progress=false", f"run.root={tmp_path / 'runs'}",
                            f"hydra.sweep.dir={tmp_path / 'hydra'}"], capture_output=True, text=True, timeout=300)
@@ -238,7 +242,7 @@ def test_hydra_multirun_with_the_local_submitit_launcher_runs_num_gpu_ranks(tmp_
 
 
 def test_train_refuses_an_environment_whose_world_size_is_not_the_configs(tiny, tmp_path):
-    from bnnidr_hpc.config import ConfigError
+    from bnnidr_hpc.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"rank 0 of 1 .*num_nodes x num_gpu = 2"):
         train(tiny("num_gpu=2"), tmp_path / "run")
@@ -251,7 +255,7 @@ def test_torchrun_ranks_train_one_run_and_a_mismatch_is_one_line(tmp_path):
 
     from conftest import TINY
 
-    from bnnidr_hpc import distributed
+    from bnnidr_hpc.runtime import distributed
 
     def torchrun(*args):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -280,7 +284,7 @@ def test_torchrun_ranks_train_one_run_and_a_mismatch_is_one_line(tmp_path):
 def test_every_record_holds_pca_and_random_baselines_with_standard_errors(tiny):
     import math
 
-    from bnnidr_hpc.metrics import bootstrap_se
+    from bnnidr_hpc.model.objectives import bootstrap_se
 
     # The linear embedding spans d + 1 = 4 dimensions: PCA to output_dim 4 keeps every distance.
     c = tiny("output_dim=4", "eval.queries=128")
@@ -303,9 +307,9 @@ def test_every_record_holds_pca_and_random_baselines_with_standard_errors(tiny):
                                      ("adamw", {"betas": [0.8, 0.99]})])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "foreach ops"])
 def test_each_optimizer_rule_steps_exactly_as_torch_optim(name, kw, fused, monkeypatch):
-    from bnnidr_hpc import optim
-    from bnnidr_hpc.config import OptimizerConfig
-    from bnnidr_hpc.model import ModelSpec
+    from bnnidr_hpc.config.schema import OptimizerConfig
+    from bnnidr_hpc.model.reducer import ModelSpec
+    from bnnidr_hpc.train import optim
 
     if not fused:
         monkeypatch.setattr(optim, "_fused", lambda params: False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without installing
 
-from bnnidr_hpc.collect import main  # noqa: E402  (stdlib only: no torch, no training code)
+from bnnidr_hpc.records.collect import main  # noqa: E402  (stdlib only: no torch, no training code)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,208 @@
+"""What runs on every rank of a job: local ranks, torchrun ranks, or a Slurm job through submitit.
+
+Used by: cli.py (`bnnidr-hpc run [--gpus N]`, also under torchrun), submit.py (SlurmJob is what
+submitit pickles), hydra_app.py.
+
+Every rank calls the same `train`, which resumes from the run directory's checkpoint, so the first
+start and every restart take one path. On Slurm's warning signal (USR2, sent `signal_delay_s`
+before the time limit, or on preemption) or SIGTERM, the ranks agree to stop after the same step,
+rank 0 writes the checkpoint and requeues the job (`scontrol requeue`, in a child that ignores
+SIGTERM so preemption's SIGTERM cannot kill it), and the requeued job resumes. A job the user
+cancelled is not requeued.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch.multiprocessing as mp
+
+from bnnidr_hpc.config.schema import Config, to_dict
+from bnnidr_hpc.records import run_files
+from bnnidr_hpc.runtime import distributed
+from bnnidr_hpc.runtime.distributed import DistInfo
+from bnnidr_hpc.runtime.errors import ConfigError
+from bnnidr_hpc.train.loop import record_failure, train
+
+
+class StopFlag:
+    """Set by a stop signal; training polls it between steps (a Python attribute, no sync)."""
+
+    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+        from bnnidr_hpc.cluster import job_start
+
+        self.signum: Optional[int] = None
+        for sig in signals:
+            signal.signal(sig, self._handle)
+        if job_start.PENDING in signals:  # it came while the job was still starting
+            self._handle(job_start.PENDING, None)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            print(f"bnnidr-hpc: caught {signal.Signals(signum).name}: checkpointing after this step",
+                  file=sys.stderr, flush=True)
+        self.signum = self.signum or signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+# ----------------------------------------------------------------------------- local ranks
+
+class RunFailed(Exception):
+    """A run that ended with an error; str() is the one line (also in its record)."""
+
+
+def check_local(c: Config) -> None:
+    """What `run` can do on this machine, checked before anything is created."""
+    if c.num_nodes != 1:
+        raise ConfigError(f"num_nodes={c.num_nodes} is not allowed for run: one machine; use submit --nodes")
+    if c.run.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("config: run.device='cuda' is not allowed here: this machine has no CUDA device "
+                              "(use auto or cpu, or submit to GPU nodes)")
+
+
+def run_local(c: Config, run_dir: Path) -> dict:
+    """Train c.world_size ranks on this machine: this process alone, this process as one of
+    torchrun's ranks, or c.world_size spawned ranks (one per GPU, or gloo CPU processes)."""
+    check_local(c)
+    launched = distributed.describe()
+    if launched.source == "torch":  # started by torchrun (or another launcher setting RANK/WORLD_SIZE)
+        return train(c, run_dir, launched, StopFlag((signal.SIGTERM, signal.SIGINT)))
+    run_files.check_free(run_dir)
+    if c.world_size == 1:
+        return train(c, run_dir, distributed.describe({}), StopFlag((signal.SIGTERM, signal.SIGINT)))
+    if not c.run.threads:  # share the cores instead of oversubscribing them
+        c = replace(c, run=replace(c.run, threads=max(1, (os.cpu_count() or 1) // c.world_size)))
+    port = distributed.free_port()
+    ranks = mp.start_processes(_local_rank, args=(c, str(run_dir), port), nprocs=c.world_size,
+                               start_method="spawn", join=False)
+    # Ctrl-C reaches every rank from the terminal; a SIGTERM sent to this process alone is passed
+    # on. Either way the ranks stop together and checkpoint; this process only waits.
+    forward = lambda signum, frame: [os.kill(pid, signum) for pid in ranks.pids() if _alive(pid)]
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not ranks.join():
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        line = _failure_line(exc, run_dir)
+        record_failure(c, run_dir, line)
+        raise RunFailed(line) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return run_files.read_record(run_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _failure_line(exc, run_dir: Path) -> str:
+    """The first failing rank's error: its exception's last line, else what its record says (a
+    rank that found another lost wrote it there), else how the process ended."""
+    rank = getattr(exc, "error_index", "?")
+    lines = [line for line in str(getattr(exc, "msg", exc)).splitlines() if line.strip()]
+    if isinstance(exc, mp.ProcessRaisedException) and lines:
+        last = lines[-1].strip()
+        if "PeerFailed: " in last:  # this rank only saw another one fail: that one's line
+            return last.split("PeerFailed: ", 1)[1]
+        return f"rank {rank}: {last}"
+    record = run_files.read_record(run_dir) or {}
+    if record.get("status") == run_files.FAILED and record.get("error"):
+        return record["error"]
+    return f"rank {rank}: {lines[0] if lines else exc}"
+
+
+def _local_rank(rank: int, c: Config, run_dir: str, port: int) -> None:
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(c.world_size),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    train(c, Path(run_dir), distributed.describe(env), StopFlag((signal.SIGTERM, signal.SIGINT)))
+
+
+# ----------------------------------------------------------------------------- Slurm job
+
+class SlurmJob:
+    """What submitit runs on every rank of a job; picklable, no state beyond its config."""
+
+    def __init__(self, config: Config, run_dir: str):
+        self.config, self.run_dir = config, run_dir
+
+    def __call__(self) -> dict:
+        # Ranks from Slurm's task variables, meeting at the first node (distributed.describe). Every
+        # GPU of a node stays visible, so NCCL keeps its peer-to-peer paths; a rank binds cuda:LOCAL_RANK.
+        info = distributed.describe()
+        stop = StopFlag()
+        run_dir = Path(self.run_dir)
+        record = train(self.config, run_dir, info, stop)  # a failure is in the record, then raised
+        if record["status"] == run_files.DIVERGED:
+            raise RuntimeError(f"diverged: {record['error']}")  # the job fails; the record says why
+        if record["status"] == run_files.INTERRUPTED:
+            if info.is_main:
+                self._requeue_or_fail(info, record)
+            _wait_to_be_requeued(run_dir)
+        return {k: record.get(k) for k in ("status", "run_dir", "final_loss", "ap_out", "ap_retention",
+                                           "total_seconds", "world_size", "slurm_job_id")}
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's own handler calls this for a signal that comes after it took over and
+        before StopFlag did: nothing is trained yet, so the same job simply starts again."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+    def _requeue_or_fail(self, info: DistInfo, record: dict) -> None:
+        from bnnidr_hpc.cluster.status import job_state
+
+        job, limit = info.slurm_job_id, self.config.cluster.max_requeues
+        if record["restarts"] >= limit:
+            run_files.mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
+                                f"(cluster.max_requeues={limit})", self.config, to_dict(self.config))
+            return
+        # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
+        # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
+        state = job_state(job).get("JobState")
+        if state != "RUNNING":
+            print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
+            return
+        print(f"bnnidr-hpc: requeueing job {job} (restart {record['restarts'] + 1})", file=sys.stderr, flush=True)
+        try:
+            proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60,
+                                  preexec_fn=_ignore_sigterm)
+            refusal = proc.returncode and (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            refusal = str(exc)
+        if refusal:  # e.g. JobRequeue=0 with --no-requeue: "Requested operation is presently disabled"
+            run_files.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
+                                f"{refusal.replace('scontrol: error: ', '')}; submit again to resume",
+                                self.config, to_dict(self.config))
+
+
+def _ignore_sigterm() -> None:
+    # Runs in the child before exec; an ignored signal stays ignored across exec.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
+    """Slurm ends every task when it requeues (or cancels) the job. If rank 0 gave up instead (the
+    record says failed), or nothing happens, end here rather than hold the allocation."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (run_files.read_record(run_dir) or {}).get("status") == run_files.FAILED:
+            sys.exit(1)
+        time.sleep(1)
+    sys.exit(3)

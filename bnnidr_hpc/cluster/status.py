@@ -1,0 +1,223 @@
+"""What a run is doing: its record and, for a submitted run, what Slurm says of its job.
+
+Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), submit.py (is a point already queued?),
+job.py (was the job cancelled?).
+
+A run's state is one of: not submitted, submitted, pending, running, completed, diverged, failed,
+cancelled, interrupted, unknown. The record decides where it is final (completed, diverged,
+failed); Slurm's job state decides the rest (scontrol while the controller remembers the job, else
+sacct where accounting exists, else the final state status saw earlier and kept in job.json). Slurm
+is asked through the configuration the job was submitted with (job.json's slurm_conf), so job ids
+of two clusters cannot be confused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records.run_files import fmt
+
+# Slurm job states after which the job does not run again.
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+# The run states `status --follow` waits for.
+ENDED = {"completed", "diverged", "failed", "cancelled", "not submitted"}
+
+
+def slurm_env(slurm_conf: Optional[str]) -> Optional[dict]:
+    """The environment that points Slurm's commands at the cluster of slurm_conf (None: this one's)."""
+    return {**os.environ, "SLURM_CONF": slurm_conf} if slurm_conf and Path(slurm_conf).is_file() else None
+
+
+def job_state(job_id: Optional[str], slurm_conf: Optional[str] = None) -> Dict[str, str]:
+    """scontrol's fields for a job (JobState, Restarts, Reason, ...), else sacct's state, else {};
+    slurm_conf: the cluster's configuration file (default: the environment's)."""
+    if not job_id:
+        return {}
+    env = slurm_env(slurm_conf)
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                             timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode == 0 and out.stdout.strip():
+        fields = {}
+        for token in out.stdout.split():
+            if "=" in token:
+                key, value = token.split("=", 1)
+                fields.setdefault(key, value)
+        return fields
+    try:
+        acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,Restarts", "-j", str(job_id)],
+                              capture_output=True, text=True, timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    line = acct.stdout.strip().splitlines()[:1]
+    if acct.returncode == 0 and line:
+        state, _, restarts = line[0].partition("|")
+        return {"JobState": state.split()[0], "Restarts": restarts or "0"}
+    return {}
+
+
+# Slurm's fields kept in job.json once the job has ended.
+KEPT = ("JobState", "Reason", "ExitCode", "Restarts", "NodeList")
+
+
+def slurm_view(run_dir: Path) -> Dict[str, str]:
+    """Slurm's fields for a run submitted to Slurm, else {}. A final state is kept in job.json,
+    so a job the cluster has forgotten still shows how it ended."""
+    job = run_files.read_job(run_dir) or {}
+    if job.get("executor") != "slurm":
+        return {}
+    fields = job_state(job.get("job_id"), job.get("slurm_conf"))
+    if fields.get("StdOut") and job.get("stdout") and fields["StdOut"] != job["stdout"]:
+        fields = {}  # the id now names another job (a controller started afresh numbers from 1)
+    if not fields:
+        return job.get("final_slurm_state") or {}
+    if fields.get("JobState") in TERMINAL and job.get("final_slurm_state") is None:
+        now = run_files.read_job(run_dir) or {}
+        if now.get("job_id") == job.get("job_id"):  # not resubmitted meanwhile
+            try:
+                run_files.write_json(Path(run_dir) / run_files.JOB,
+                                   {**now, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
+            except (OSError, run_files.RunFileError):  # a collaborator's read-only copy: nothing kept
+                pass
+    return fields
+
+
+def last_error_line(path: Optional[str]) -> Optional[str]:
+    """The last line of a log that names an error, else its last line."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return None
+    errors = [line for line in lines if "Error" in line or "error" in line or "Traceback" in line]
+    return (errors or lines or [None])[-1]
+
+
+def find_run_dirs(root: Path) -> List[Path]:
+    """root itself when it is a run directory, else the run directories below it and inside the
+    sweep directories below it, with the points a sweep's manifest lists that were never
+    submitted (their directories do not exist), sorted."""
+    def is_run(d: Path) -> bool:
+        return (d / run_files.RECORD).exists() or (d / run_files.JOB).exists()
+
+    if is_run(root):
+        return [root]
+    found = {p.parent for pattern in (run_files.RECORD, run_files.JOB) for depth in ("*", "*/*")
+             for p in root.glob(f"{depth}/{pattern}") if ".replaced-" not in p.parent.name}  # set aside by --force
+    for manifest in [root / run_files.MANIFEST, *root.glob(f"*/{run_files.MANIFEST}")]:
+        found.update(manifest.parent / name for name in (run_files.read_json(manifest) or {}).get("points", {}))
+    return sorted(found)
+
+
+def not_submitted(run_dir: Path) -> Optional[str]:
+    """Why Slurm refused this point of a sweep, where its manifest says so."""
+    entry = ((run_files.read_json(Path(run_dir).parent / run_files.MANIFEST) or {}).get("points") or {}).get(
+        Path(run_dir).name) or {}
+    return entry.get("not_submitted")
+
+
+def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
+    """(state, detail) from the record, job.json, Slurm's fields and, for a run not submitted,
+    whether a process still holds its directory (held)."""
+    slurm_state, status = slurm.get("JobState", ""), rec.get("status")
+    if status == run_files.COMPLETED:
+        return "completed", ""
+    if status == run_files.DIVERGED:
+        return "diverged", rec.get("error") or ""
+    if slurm_state == "PENDING":
+        return "pending", slurm.get("Reason", "")
+    if slurm_state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"):
+        return "running", ""
+    if slurm_state == "CANCELLED":
+        return "cancelled", ""
+    if status == run_files.FAILED or slurm_state in TERMINAL:
+        if rec.get("error"):
+            return "failed", rec["error"] + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
+        return "failed", _failure_detail(job, slurm)
+    if status == run_files.INTERRUPTED:
+        return "interrupted", "run or submit it again to resume"
+    if status == run_files.RUNNING and not job and not held:
+        return "interrupted", "its process is gone (killed?); run it again to resume from the checkpoint"
+    if status == run_files.RUNNING:
+        return "running", ""
+    return ("submitted" if job else "unknown"), ""
+
+
+def _failure_detail(job: dict, slurm: dict) -> str:
+    """Why a job failed that wrote no record error: its log's error line, else Slurm's reason,
+    and a log that does not exist said so (the node could not write the run directory)."""
+    stderr = job.get("stderr")
+    line = last_error_line(stderr)
+    if line:
+        return f"{line}  (log: {stderr})"
+    slurm_says = " ".join(f"{k}={slurm[k]}" for k in ("JobState", "Reason", "ExitCode", "NodeList")
+                          if slurm.get(k) and slurm[k] != "None")
+    if stderr and "%" not in stderr and not Path(stderr).exists():
+        return (f"Slurm: {slurm_says or 'failed'}; no log at {stderr}: the job's nodes could not write there "
+                "(run.root must be on a file system every node shares)")
+    return f"Slurm: {slurm_says or 'failed'}"
+
+
+def run_status(run_dir: Path) -> dict:
+    """One run's state, with epoch, loss, AP, samples/s, runtime, restarts and, on failure, the error."""
+    rec = run_files.read_record(run_dir) or {}
+    job = run_files.read_job(run_dir) or {}
+    slurm = slurm_view(run_dir)
+    restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
+    state, detail = _state(rec, job, slurm, held=bool(job) or run_files.is_held(run_dir))
+    refused = None if (rec or job) else not_submitted(run_dir)
+    if refused:
+        state, detail = "not submitted", f"Slurm refused it: {refused}; bnnidr-hpc retry {Path(run_dir).parent}"
+    if restarts and state in ("pending", "running", "completed"):
+        detail = f"requeued {restarts}x" + (f"; {detail}" if detail else "")
+    return {
+        "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
+        "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
+        "loss": rec.get("final_loss"), "ap": rec.get("ap_out"), "ap_retention": rec.get("ap_retention"),
+        "ap_pca": run_files.baseline(rec, "pca"),
+        "samples_per_s": (rec.get("epochs") or [{}])[-1].get("samples_per_s"),
+        "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
+        "restarts": restarts, "detail": detail, "submitted": bool(job),
+    }
+
+
+def status_table(rows: List[dict]) -> List[str]:
+    header = (f"{'run':<28} {'job':>10} {'state':<13} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
+              f"{'samples/s':>10} {'runtime':>8}  detail")
+    lines = [header]
+    for r in rows:
+        epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{r['max_epochs']}"
+        lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<13} {epoch:>7} "
+                     f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r.get('ap_pca'), '.3f'):>6} "
+                     f"{fmt(r['samples_per_s'], '.0f'):>10} "
+                     f"{fmt(r['runtime_s'], '.1f'):>8}  {r['detail']}")
+    return lines
+
+
+def new_epoch_lines(run_dir: Path, seen: int) -> tuple:
+    """(lines for the epochs of run_dir's metrics.jsonl after the first `seen`, lines now seen)."""
+    try:
+        lines = (run_dir / run_files.METRICS).read_text().splitlines()
+    except OSError:
+        return [], seen
+    out = []
+    for line in lines[seen:]:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        out.append(f"{run_dir.name}: epoch {e['epoch']} loss {e['loss']:.4f} AP {fmt(e['ap'], '.3f')} "
+                   f"{e['samples_per_s']:.0f} samples/s")
+    return out, len(lines)
+
+
+def all_ended(rows: List[dict]) -> bool:
+    """Nothing more will happen: every run ended, or was interrupted outside a job that could requeue it."""
+    return all(r["state"] in ENDED or (r["state"] == "interrupted" and not r["submitted"]) for r in rows)

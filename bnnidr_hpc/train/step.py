@@ -1,0 +1,69 @@
+"""The training step: forward, the loss over the global batch's pairs, backward, gradient
+averaging, optimizer step. The hot path: no host synchronisation, no allocation it can avoid.
+
+Used by: train.py, benchmarks (bench_step.py, bench_workloads.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from bnnidr_hpc.config.schema import Config
+from bnnidr_hpc.model.objectives import PairTargetsAhead, pair_targets, stress_share
+from bnnidr_hpc.model.reducer import Reducer
+from bnnidr_hpc.runtime import distributed
+from bnnidr_hpc.runtime.distributed import DistInfo
+from bnnidr_hpc.train.optim import Optimizers
+
+
+def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
+              averager: Optional[distributed.GradientAverager] = None):
+    """The training step, (this rank's batch x, the global batch or None, a function returning the
+    next step's global batch (data.NextBatch) or None, keep: a 0/1 row over the output units or
+    None (relevance.py)) -> (stress, KL term), both detached on the device: no host sync. Without
+    the global batch the step gathers it. Given the next one, the step copies it and computes its
+    input distances (the largest product) while it waits for its collectives, and uses them in the
+    next call."""
+    world = info.world_size
+    averager = averager or distributed.GradientAverager(model)
+    kl_scale = c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
+    zero = torch.zeros((), device=next(model.parameters()).device)
+    bf16 = c.precision == "bf16"
+    device_type = zero.device.type
+    ahead: Optional[PairTargetsAhead] = None  # the next global batch's input distances
+
+    # One function, not split: every call here is on the hot path, and the order of the waits and
+    # the work done while waiting is the point of it.
+    def step(x: torch.Tensor, full_x: Optional[torch.Tensor] = None,
+             next_full_x: Optional[Callable[[], torch.Tensor]] = None, keep: Optional[torch.Tensor] = None):
+        nonlocal ahead
+        current = ahead if ahead is not None and ahead.next_batch() is full_x else None
+        # Whenever the step waits for a collective it works on the next batch: copies it, then
+        # computes its input distances.
+        ahead = PairTargetsAhead(next_full_x, info.rank, world, bf16, c.loss, c.neighbour_quantile) \
+            if next_full_x is not None else None
+        while_waiting = ahead.work_one if ahead is not None else None
+        # Without the global batch, gather it; it travels while the forward pass runs.
+        gathered_x = distributed.all_gather_async(x) if full_x is None else None
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        out = out.float()  # distances of the reduced vectors stay float32: they are cheap
+        if keep is not None:
+            out = out * keep
+        gathered_out = distributed.all_gather_with_grad_async(out, while_waiting)
+        kl = kl_scale * model.kl() if kl_scale else zero  # the parameters alone: before any wait
+        if current is not None:
+            targets = current.result()
+        else:
+            targets = pair_targets(full_x if gathered_x is None else gathered_x(), info.rank, world, bf16,
+                                   c.loss, c.neighbour_quantile)
+        stress = stress_share(out, gathered_out, targets)
+        loss = world * stress + kl  # the gradients are averaged over ranks; the stress is their sum
+        loss.backward()
+        averager.start()(while_waiting)
+        optimizers.step()
+        return stress.detach(), kl.detach()
+
+    return step
