@@ -23,10 +23,10 @@ from bench_method import QUIET, digits_files
 from common import Report, quick_flag
 
 from bnnidr_hpc import load_reducer
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
-from bnnidr_hpc.model.objectives import per_query_average_precision
 from bnnidr_hpc.train.loop import train
+from bnnidr_hpc.train.retrieval import per_query_average_precision
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,8 +32,8 @@ import torch.multiprocessing as mp
 from common import Report, quick_flag
 
 from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.runtime import products
 from bnnidr_hpc.runtime.distributed import free_port

@@ -24,8 +24,8 @@ import torch
 from bench_step import toolkit_step
 from common import Report, interleaved_seconds, quick_flag
 
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
 from bnnidr_hpc.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

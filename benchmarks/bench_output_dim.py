@@ -20,11 +20,11 @@ from pathlib import Path
 from bench_method import digits_files
 from common import RESULTS, machine, quick_flag
 
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
 from bnnidr_hpc.records import output_dim_view
-from bnnidr_hpc.records.collect import _group_key
-from bnnidr_hpc.records.run_files import fmt
+from bnnidr_hpc.records.run_record import fmt
+from bnnidr_hpc.records.scaling import group_key
 from bnnidr_hpc.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def sweep(name: str, config, overrides: list, root: Path) -> dict:
         recs.append(train(c, run_dir_for(c)))
     c = load(config, overrides + QUIET + [f"output_dim={SIZES[-1]}", "relevance_prior=true", f"run.root={root / name}"])
     one_run = train(c, run_dir_for(c))
-    (group,) = output_dim_view.groups(recs + [one_run], _group_key)  # the plain sweep, and its one-run estimate
+    (group,) = output_dim_view.groups(recs + [one_run], group_key)  # the plain sweep, and its one-run estimate
     group["relevance_run"] = one_run.get("relevance") or {}
     print(f"\n{name}: {output_dim_view.summary(group)}", flush=True)
     return group

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from common import Report, quick_flag, run_child, seconds_per_call
 
-from bnnidr_hpc.model.objectives import mean_average_precision
 from bnnidr_hpc.runtime.distributed import DistInfo, pick_device
+from bnnidr_hpc.train.retrieval import mean_average_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def _records(root: str, pattern: str) -> list:
 
 def submit_to_first_step(root: str):
     """Seconds from `submit` to the job's first training step, or None without Slurm."""
-    from bnnidr_hpc.cluster.submit import slurm_available
+    from bnnidr_hpc.cluster.slurm_queries import slurm_available
 
     if slurm_available():
         return None

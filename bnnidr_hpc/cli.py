@@ -11,33 +11,28 @@
   bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
 
 Bad input is one line on stderr and exit status 2, before anything is created. This module parses
-arguments and prints; the work is done by job.py, submit.py, status.py, intrinsic.py and collect.py.
+arguments, hands each command to the layer that does its work, and turns how it ended into an exit
+status (1 failed, 2 bad input, 3 interrupted) with at most one line on stderr: cluster/ (job.py
+runs; planning.py, submit.py and submit_report.py submit and retry; status.py; lifecycle.py),
+train/intrinsic.py (estimate-id), reduce/apply.py (reduce), records/ (summary.py, collect.py).
+Modules that import torch are imported inside the commands, so status and collect start without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
-from bnnidr_hpc.records.run_files import (
-    COMPLETED,
-    DIVERGED,
-    RunDirBusy,
-    RunFileError,
-    check_free,
-    fmt,
-    read_record,
-    set_aside,
-)
+from bnnidr_hpc.records.run_files import RunDirBusy, RunFileError, check_free, read_record, set_aside
+from bnnidr_hpc.records.run_record import COMPLETED, DIVERGED
+from bnnidr_hpc.records.summary import summary
 from bnnidr_hpc.runtime.errors import ConfigError
 
 EXIT_FAILED = 1
@@ -71,28 +66,6 @@ def parse_gpus(text: str) -> List[int]:
     return gpus
 
 
-def _summary(record: dict) -> str:
-    baselines = record.get("baselines") or {}
-    beside = "  ".join(f"{name} {fmt(b.get('ap'))} ± {fmt(b.get('ap_se'))} (knn {fmt(b.get('knn_recall'), '.3f')})"
-                       for name, b in (("PCA", baselines.get("pca", {})), ("random", baselines.get("random", {}))))
-    return (f"{record['status']}: {record['run_dir']}\n"
-            f"  epochs {record['epochs_done']}/{record['max_epochs']}  loss {fmt(record['final_loss'])}  "
-            f"{fmt(record['samples_per_s'], '.0f')} samples/s  {fmt(record['total_seconds'], '.1f')} s\n"
-            f"  AP in {fmt(record['ap_in'])} ± {fmt(record.get('ap_in_se'))}  reducer {fmt(record['ap_out'])} ± "
-            f"{fmt(record.get('ap_out_se'))} (retention {fmt(record['ap_retention'], '.3f')}, knn "
-            f"{fmt(record.get('knn_recall'), '.3f')})\n"
-            f"  at output_dim {record['output_dim']}: {beside}"
-            + (f"\n  {record['ap_note']}" if record.get("ap_note") else "")
-            + (f"\n  {_relevance_line(record['relevance'])}" if isinstance(record.get("relevance"), dict) else ""))
-
-
-def _relevance_line(rel: dict) -> str:
-    """relevance_prior's one-run estimate (relevance.py)."""
-    return (f"relevance prior (centred on TwoNN {fmt(rel.get('centre'), '.1f')}): the shortest prefix of the units "
-            f"keeping >= {rel.get('keep')} of the input AP: {rel.get('dimension') or 'none'}; of the whole output's "
-            f"knn_recall: {rel.get('dimension_knn_recall') or 'none'}")
-
-
 def cmd_run(ns) -> int:
     from bnnidr_hpc.cluster.job import check_local
     from bnnidr_hpc.runtime import distributed
@@ -112,7 +85,7 @@ def cmd_run(ns) -> int:
     earlier = read_record(run_dir) or {}
     if earlier.get("status") in (COMPLETED, DIVERGED) and not ns.force:
         if main_rank:
-            print(f"already {earlier['status']} (use --force to train again):\n{_summary(earlier)}")
+            print(f"already {earlier['status']} (use --force to train again):\n{summary(earlier)}")
         return 0 if earlier["status"] == COMPLETED else EXIT_FAILED
     if ns.force and main_rank:
         set_aside(run_dir)
@@ -136,7 +109,7 @@ def _train_here(c, run_dir: Path, main_rank: bool) -> int:
         print(f"bnnidr-hpc: failed: {one_line(exc)} (record: {run_dir / 'record.json'})", file=sys.stderr)
         return EXIT_FAILED
     if main_rank:
-        print(_summary(record))
+        print(summary(record))
     if record["status"] == DIVERGED:
         if main_rank:
             print(f"bnnidr-hpc: diverged: {record.get('error')} (lower learning_rate; a blow-up's bound is "
@@ -150,72 +123,28 @@ def _train_here(c, run_dir: Path, main_rank: bool) -> int:
 
 
 def cmd_submit(ns) -> int:
-    from bnnidr_hpc.cluster import submit
+    from bnnidr_hpc.cluster import planning, submit_report
 
     config_path, overrides = split_config_and_overrides(ns.args)
-    plan = submit.plan(config_path, overrides, parse_gpus(ns.gpus) if ns.gpus else None, ns.nodes)
+    plan = planning.plan(config_path, overrides, parse_gpus(ns.gpus) if ns.gpus else None, ns.nodes)
     if ns.dry_run:
-        for text in submit.dry_run(plan):
-            print(text)
-        print(f"dry run: {len(plan.points)} run(s) validated, nothing submitted "
-              f"(--check asks the cluster whether it would take them)")
+        submit_report.show_dry_run(plan)
         return 0
     if ns.check and ns.local:
         raise UsageError("submit: --check asks a Slurm cluster; it does not go with --local")
     _need_slurm(ns.local, f"train here with `bnnidr-hpc run {config_path or ''} ...` "
                           "or use `bnnidr-hpc submit --local`")
-    submit.classify(plan, ns.force)
-    for point in plan.points:
-        if point.action == submit.DONE:
-            print(f"completed, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
-        elif point.action == submit.QUEUED:
-            print(f"already {point.detail}: {point.run_dir}")
-        elif point.action == submit.DIVERGED:
-            print(f"diverged, not rerun (--force to rerun): {point.run_dir}  {point.detail}")
-        elif point.action == submit.RESUME:
-            print(f"resuming from its checkpoint: {point.run_dir}")
-    return _check_and_submit(plan, ns.local, ns.force, ns.check)
+    planning.classify(plan, ns.force)
+    submit_report.show_actions(plan)
+    return 0 if submit_report.check_and_submit(plan, ns.local, ns.force, ns.check) else EXIT_BAD_INPUT
 
 
 def _need_slurm(local: bool, otherwise: str) -> None:
-    from bnnidr_hpc.cluster import submit
+    from bnnidr_hpc.cluster import slurm_queries
 
-    reason = None if local else submit.slurm_available()
+    reason = None if local else slurm_queries.slurm_available()
     if reason:
         raise UsageError(f"submit: {reason}; {otherwise}")
-
-
-def _check_and_submit(plan, local: bool, force: bool, check_only: bool) -> int:
-    """Ask the cluster about every group first (sbatch --test-only, partition limits); submit only
-    if it would take them all. Each refusal is one line, exit 2."""
-    from bnnidr_hpc.cluster import submit
-
-    groups = plan.groups.values() if check_only else submit.pending_groups(plan)
-    refusals = 0
-    for group, refusal, where in ([] if local else submit.check(plan, list(groups))):
-        c = group[0].config
-        shape = f"{len(group)} run(s), {c.num_nodes} node(s) x {c.num_gpu} GPU(s), cluster={c.cluster.name}"
-        if refusal:
-            refusals += 1
-            print(f"bnnidr-hpc: submit: Slurm would refuse {shape}: {refusal}", file=sys.stderr)
-        elif check_only:
-            print(f"ok: {shape}: {where}")
-    if refusals:
-        print("bnnidr-hpc: nothing submitted", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if check_only:
-        print(f"check: {len(plan.points)} run(s) the cluster would take, nothing submitted")
-        return 0
-    submitted, refused = submit.submit(plan, local, force)
-    for point, info in submitted:
-        print(f"submitted job {info['job_id']}: {point.run_dir}")
-    for group, reason in refused:
-        print(f"bnnidr-hpc: submit: Slurm refused {len(group)} run(s) ({group[0].config.num_nodes} node(s) x "
-              f"{group[0].config.num_gpu} GPU(s)): {reason}; not submitted: "
-              f"{', '.join(p.run_dir.name for p in group)}", file=sys.stderr)
-    if submitted:
-        print(f"follow with: bnnidr-hpc status {plan.target} --follow")
-    return EXIT_BAD_INPUT if refused else 0
 
 
 def cmd_logs(ns) -> int:
@@ -244,7 +173,7 @@ def cmd_cancel(ns) -> int:
 
 
 def cmd_retry(ns) -> int:
-    from bnnidr_hpc.cluster import lifecycle, submit
+    from bnnidr_hpc.cluster import lifecycle, planning, submit_report
 
     root = Path(ns.dir).absolute()
     if not root.is_dir():
@@ -258,8 +187,9 @@ def cmd_retry(ns) -> int:
         print(f"nothing to retry: no {'/'.join(states or lifecycle.RETRIED)} runs under {root}")
         return 0
     _need_slurm(False, "retry needs the cluster")
-    submit.classify(plan, force=False)
-    return _check_and_submit(plan, local=False, force=False, check_only=False)
+    planning.classify(plan, force=False)
+    accepted = submit_report.check_and_submit(plan, local=False, force=False, check_only=False)
+    return 0 if accepted else EXIT_BAD_INPUT
 
 
 def cmd_status(ns) -> int:
@@ -275,18 +205,8 @@ def cmd_status(ns) -> int:
         for line in status.status_table([status.run_status(d) for d in run_dirs]):
             print(line)
         return 0
-    seen = {d: 0 for d in run_dirs}
-    while True:  # each run's epochs as they are written, then the final table; exit 1 if any failed
-        for d in run_dirs:
-            lines, seen[d] = status.new_epoch_lines(d, seen[d])
-            for line in lines:
-                print(line, flush=True)
-        rows = [status.run_status(d) for d in run_dirs]
-        if status.all_ended(rows):
-            for line in status.status_table(rows):
-                print(line)
-            return 1 if any(r["state"] != "completed" for r in rows) else 0
-        time.sleep(ns.interval)
+    rows = status.follow(run_dirs, ns.interval)
+    return EXIT_FAILED if any(r["state"] != "completed" for r in rows) else 0
 
 
 def cmd_estimate_id(ns) -> int:
@@ -297,16 +217,8 @@ def cmd_estimate_id(ns) -> int:
     if ns.sample < 3:
         raise UsageError(f"--sample={ns.sample} is not allowed: at least 3 points")
     result = intrinsic.estimate_config(c, ns.sample)
-    what = (f"p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}" if c.data.source == "sphere" else
-            f"p={c.data.p}, rows spread over {c.data.path}, normalize={c.data.normalize}")
-    print(f"TwoNN intrinsic dimension of {result['n']} points of {c.run.name or 'the default data'} "
-          f"({what}) on {result['device']}, {result['seconds']:.1f} s")
-    for name, e in result["estimates"].items():
-        print(f"  {name:<6} {e['dimension']:7.2f} +- {e['error']:.2f}")
-    true_d = f"  true d {result['true_d']:7d}   " if result["true_d"] is not None else "  "
-    print(f"{true_d}(output_dim=auto would choose {result['output_dim_auto']})")
-    if ns.json:
-        print(json.dumps({k: result[k] for k in ("n", "p", "true_d", "seconds", "estimates")}))
+    for line in intrinsic.report_lines(c, result, ns.json):
+        print(line)
     return 0
 
 
@@ -317,9 +229,7 @@ def cmd_reduce(ns) -> int:
         raise UsageError("reduce: give RUN_DIR INPUT... OUTPUT (.npy inputs or globs, then the output .npy)")
     result = apply.run(ns.paths[0], ns.paths[1:-1], ns.paths[-1], ns.mc_samples, ns.device,
                         ns.allow_incomplete, ns.block)
-    spread = f", spread per vector in {result['spread']}" if result["spread"] else ""
-    print(f"reduced {result['rows']} rows into {result['output']}{spread} "
-          f"({result['rows'] / max(result['seconds'], 1e-9):.0f} rows/s)")
+    print(apply.summary_line(result))
     return 0
 
 

@@ -74,7 +74,7 @@ JobAcctGatherType=jobacct_gather/none
 NodeName=cpu1 NodeHostname=$HOST NodeAddr=127.0.0.2 Port=6921 CPUs=8 RealMemory=8000 State=UNKNOWN
 NodeName=gpu1 NodeHostname=$HOST NodeAddr=127.0.0.3 Port=6922 CPUs=4 Gres=gpu:h100:$GPUS RealMemory=8000 State=UNKNOWN
 NodeName=gpu2 NodeHostname=$HOST NodeAddr=127.0.0.4 Port=6923 CPUs=4 Gres=gpu:h100:$GPUS RealMemory=8000 State=UNKNOWN
-# Limits in minutes: a job asking for more is refused by `bnnidr-hpc submit --check`.
+# Limits in minutes: a job asking for more is refused by 'bnnidr-hpc submit --check'.
 PartitionName=cpu Nodes=cpu1 Default=YES MaxTime=120 State=UP OverSubscribe=NO
 PartitionName=gpu Nodes=gpu1,gpu2 MaxTime=120 State=UP OverSubscribe=NO
 CONF

@@ -141,7 +141,7 @@ def no_work():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("bnnidr_hpc.cluster.job.run_local", _accepted)
         mp.setattr("bnnidr_hpc.train.intrinsic.estimate_config", _accepted)
-        mp.setattr("bnnidr_hpc.cluster.submit.dry_run", _accepted)
+        mp.setattr("bnnidr_hpc.cluster.sbatch.dry_run", _accepted)
         yield
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scaling tables from run records: python tools/collect.py DIR... [--format markdown|csv|json] [--plot F.png]
 
-The same as `bnnidr-hpc collect`. It reads record.json files only; see bnnidr_hpc/collect.py.
+The same as `bnnidr-hpc collect`. It reads record.json files only; see bnnidr_hpc/records/collect.py.
 """
 import sys
 from pathlib import Path

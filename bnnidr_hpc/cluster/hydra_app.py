@@ -25,8 +25,9 @@ import hydra
 from omegaconf import DictConfig
 
 from bnnidr_hpc.cluster import hydra_launcher
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import to_config
-from bnnidr_hpc.config.schema import SCHEMA_NAME, register_schema, run_dir_for
+from bnnidr_hpc.config.schema import SCHEMA_NAME, register_schema
 from bnnidr_hpc.runtime.errors import ConfigError
 
 register_schema()
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> dict:
         # train() refuses a job whose task count is not num_nodes x num_gpu (bnnidr_slurm ties them).
         return SlurmJob(c, str(run_dir))()
     from bnnidr_hpc.cluster.job import RunFailed, run_local
-    from bnnidr_hpc.records import run_files
+    from bnnidr_hpc.records import run_files, run_record
 
     try:
         record = run_local(c, run_dir)
@@ -67,9 +68,9 @@ def main(cfg: DictConfig) -> dict:
     except (RunFailed, run_files.RunFileError) as exc:
         print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    if record["status"] != run_files.COMPLETED:  # the same lines and exit statuses as `bnnidr-hpc run`
+    if record["status"] != run_record.COMPLETED:  # the same lines and exit statuses as `bnnidr-hpc run`
         print(f"bnnidr-hpc: {record['status']}: {record.get('error') or 'rerun to resume'}", file=sys.stderr)
-        raise SystemExit(1 if record["status"] == run_files.DIVERGED else 3)
+        raise SystemExit(1 if record["status"] == run_record.DIVERGED else 3)
     return record
 
 

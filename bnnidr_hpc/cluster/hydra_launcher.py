@@ -4,14 +4,14 @@ Used by: conf/hydra/launcher/bnnidr_slurm.yaml and bnnidr_local.yaml (their `_ta
 hydra_app.py (registers the two classes with Hydra before it starts).
 
 Before anything is submitted, every point of the multirun is composed and validated (the config
-its job will run) and its run directory found (config.run_dir_for). Then:
+its job will run) and its run directory found (config.identity.run_dir_for). Then:
 - a multirun whose points need different job shapes is refused in one line: one multirun is one
   submitit job array, sized alike, so a num_gpu or num_nodes sweep (or a sweep of a cluster
   setting that changes the sbatch options) belongs to `bnnidr-hpc submit CONFIG --gpus 1,2`;
 - a point whose run directory already holds a completed record is not submitted again: it is
   reported ("completed, not rerun") and its record is its result;
 - the job array is sized from the points' own config: tasks per node num_gpu, nodes num_nodes,
-  and, as submit.slurm_parameters does, the profile's GPU request (gres_gpus false: none;
+  and, as sbatch.slurm_parameters does, the profile's GPU request (gres_gpus false: none;
   gpu_type: --gpus-per-node=TYPE:N), mem_gb, setup lines, sbatch options and --requeue. A value
   the launcher config sets (hydra.launcher.KEY=...) wins over the profile's;
 - the jobs are waited on until each has a result or Slurm has ended it (scontrol; accounting may
@@ -41,10 +41,12 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from bnnidr_hpc.cluster.sbatch import gpu_request, job_python, sbatch_options
+from bnnidr_hpc.cluster.slurm_queries import last_line
 from bnnidr_hpc.cluster.status import TERMINAL, last_error_line
-from bnnidr_hpc.cluster.submit import gpu_request, job_python, last_line, sbatch_options
-from bnnidr_hpc.config.schema import Config, run_dir_for
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.config.identity import run_dir_for
+from bnnidr_hpc.config.schema import Config
+from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class Point:
 def profile_parameters(c: Config, launcher: Dict[str, Any], slurm: bool = True) -> Dict[str, Any]:
     """hydra-submitit-launcher's parameters for a point: the launcher config resolved for the
     point (interpolations such as ${num_gpu} read the point's own values), plus what the cluster
-    profile asks that the launcher config cannot say, as submit.slurm_parameters maps it."""
+    profile asks that the launcher config cannot say, as sbatch.slurm_parameters maps it."""
     params = {k: v for k, v in launcher.items() if k != "_target_"}
     if not slurm:
         return params
@@ -134,8 +136,8 @@ class _BnnidrLaunch:
         todo = []
         for i, point in enumerate(points):
             record = run_files.read_record(point.run_dir)
-            if record and record.get("status") == run_files.COMPLETED:
-                ap = run_files.fmt(record.get("ap_out"), ".3f")
+            if record and record.get("status") == run_record.COMPLETED:
+                ap = run_record.fmt(record.get("ap_out"), ".3f")
                 print(f"bnnidr-hpc: completed, not rerun: {point.run_dir} (AP {ap})", flush=True)
                 results[i] = _job_return(point, JobStatus.COMPLETED, record)
             else:
@@ -286,7 +288,7 @@ class _BnnidrLaunch:
         record = run_files.read_record(point.run_dir) or {}
         fresh = (point.run_dir / run_files.RECORD).exists() and \
             (point.run_dir / run_files.RECORD).stat().st_mtime >= submitted_at - 1
-        if fresh and record.get("status") in (run_files.FAILED, run_files.DIVERGED) and record.get("error"):
+        if fresh and record.get("status") in (run_record.FAILED, run_record.DIVERGED) and record.get("error"):
             error = f"{record['status']}: {record['error']}"
         return _job_return(point, JobStatus.FAILED, error or "failed")
 

@@ -25,7 +25,7 @@ from typing import Optional
 import torch.multiprocessing as mp
 
 from bnnidr_hpc.config.schema import Config, to_dict
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.runtime import distributed
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.runtime.errors import ConfigError
@@ -123,7 +123,7 @@ def _failure_line(exc, run_dir: Path) -> str:
             return last.split("PeerFailed: ", 1)[1]
         return f"rank {rank}: {last}"
     record = run_files.read_record(run_dir) or {}
-    if record.get("status") == run_files.FAILED and record.get("error"):
+    if record.get("status") == run_record.FAILED and record.get("error"):
         return record["error"]
     return f"rank {rank}: {lines[0] if lines else exc}"
 
@@ -149,9 +149,9 @@ class SlurmJob:
         stop = StopFlag()
         run_dir = Path(self.run_dir)
         record = train(self.config, run_dir, info, stop)  # a failure is in the record, then raised
-        if record["status"] == run_files.DIVERGED:
+        if record["status"] == run_record.DIVERGED:
             raise RuntimeError(f"diverged: {record['error']}")  # the job fails; the record says why
-        if record["status"] == run_files.INTERRUPTED:
+        if record["status"] == run_record.INTERRUPTED:
             if info.is_main:
                 self._requeue_or_fail(info, record)
             _wait_to_be_requeued(run_dir)
@@ -170,7 +170,7 @@ class SlurmJob:
 
         job, limit = info.slurm_job_id, self.config.cluster.max_requeues
         if record["restarts"] >= limit:
-            run_files.mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
+            run_record.mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
                                 f"(cluster.max_requeues={limit})", self.config, to_dict(self.config))
             return
         # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
@@ -187,7 +187,7 @@ class SlurmJob:
         except (OSError, subprocess.TimeoutExpired) as exc:
             refusal = str(exc)
         if refusal:  # e.g. JobRequeue=0 with --no-requeue: "Requested operation is presently disabled"
-            run_files.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
+            run_record.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
                                 f"{refusal.replace('scontrol: error: ', '')}; submit again to resume",
                                 self.config, to_dict(self.config))
 
@@ -202,7 +202,7 @@ def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
     record says failed), or nothing happens, end here rather than hold the allocation."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        if (run_files.read_record(run_dir) or {}).get("status") == run_files.FAILED:
+        if (run_files.read_record(run_dir) or {}).get("status") == run_record.FAILED:
             sys.exit(1)
         time.sleep(1)
     sys.exit(3)

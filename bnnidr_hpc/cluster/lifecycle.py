@@ -95,7 +95,7 @@ RETRIED = ("failed", "cancelled", "not submitted", "interrupted")
 
 def retry_points(root: Path, states: Optional[List[str]]):
     """The plan of the points of root whose state is in states (default RETRIED)."""
-    from bnnidr_hpc.cluster.submit import Plan, Point
+    from bnnidr_hpc.cluster.planning import Plan, Point
     from bnnidr_hpc.config.loading import from_dict
 
     wanted = states or RETRIED

@@ -1,6 +1,6 @@
 """What a run is doing: its record and, for a submitted run, what Slurm says of its job.
 
-Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), submit.py (is a point already queued?),
+Used by: cli.py (`bnnidr-hpc status DIR [--follow]`), planning.py (is a point already queued?),
 job.py (was the job cancelled?).
 
 A run's state is one of: not submitted, submitted, pending, running, completed, diverged, failed,
@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bnnidr_hpc.records import run_files
-from bnnidr_hpc.records.run_files import fmt
+from bnnidr_hpc.records import run_files, run_record
+from bnnidr_hpc.records.run_record import fmt
 
 # Slurm job states after which the job does not run again.
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -127,9 +128,9 @@ def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
     """(state, detail) from the record, job.json, Slurm's fields and, for a run not submitted,
     whether a process still holds its directory (held)."""
     slurm_state, status = slurm.get("JobState", ""), rec.get("status")
-    if status == run_files.COMPLETED:
+    if status == run_record.COMPLETED:
         return "completed", ""
-    if status == run_files.DIVERGED:
+    if status == run_record.DIVERGED:
         return "diverged", rec.get("error") or ""
     if slurm_state == "PENDING":
         return "pending", slurm.get("Reason", "")
@@ -137,15 +138,15 @@ def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
         return "running", ""
     if slurm_state == "CANCELLED":
         return "cancelled", ""
-    if status == run_files.FAILED or slurm_state in TERMINAL:
+    if status == run_record.FAILED or slurm_state in TERMINAL:
         if rec.get("error"):
             return "failed", rec["error"] + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
         return "failed", _failure_detail(job, slurm)
-    if status == run_files.INTERRUPTED:
+    if status == run_record.INTERRUPTED:
         return "interrupted", "run or submit it again to resume"
-    if status == run_files.RUNNING and not job and not held:
+    if status == run_record.RUNNING and not job and not held:
         return "interrupted", "its process is gone (killed?); run it again to resume from the checkpoint"
-    if status == run_files.RUNNING:
+    if status == run_record.RUNNING:
         return "running", ""
     return ("submitted" if job else "unknown"), ""
 
@@ -181,7 +182,7 @@ def run_status(run_dir: Path) -> dict:
         "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
         "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
         "loss": rec.get("final_loss"), "ap": rec.get("ap_out"), "ap_retention": rec.get("ap_retention"),
-        "ap_pca": run_files.baseline(rec, "pca"),
+        "ap_pca": run_record.baseline(rec, "pca"),
         "samples_per_s": (rec.get("epochs") or [{}])[-1].get("samples_per_s"),
         "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
         "restarts": restarts, "detail": detail, "submitted": bool(job),
@@ -221,3 +222,20 @@ def new_epoch_lines(run_dir: Path, seen: int) -> tuple:
 def all_ended(rows: List[dict]) -> bool:
     """Nothing more will happen: every run ended, or was interrupted outside a job that could requeue it."""
     return all(r["state"] in ENDED or (r["state"] == "interrupted" and not r["submitted"]) for r in rows)
+
+
+def follow(run_dirs: List[Path], interval: float) -> List[dict]:
+    """`status --follow`: print each run's epochs as they are written until nothing more will
+    happen, then the final table; returns the final rows."""
+    seen = {d: 0 for d in run_dirs}
+    while True:
+        for d in run_dirs:
+            lines, seen[d] = new_epoch_lines(d, seen[d])
+            for line in lines:
+                print(line, flush=True)
+        rows = [run_status(d) for d in run_dirs]
+        if all_ended(rows):
+            for line in status_table(rows):
+                print(line)
+            return rows
+        time.sleep(interval)

@@ -1,32 +1,34 @@
 """Loading a run's config: a YAML file and key=value overrides, composed by Hydra onto the schema.
 
-Used by: every command that takes CONFIG [key=value ...] (run, submit, estimate-id), hydra_app.py.
+Used by: every command that takes CONFIG [key=value ...] (run, submit, estimate-id), cluster.hydra_app,
+cluster.hydra_launcher.
 
 `load` is the one way in: compose (Hydra), resolve interpolations, convert to the typed Config
 once, fill each optimizer's lr / weight_decay / schedule from the top-level keys, validate
-(validation.py). Hydra's and OmegaConf's multi-line errors become one ConfigError line. What
-OmegaConf would convert or drop silently (a boolean given as 2, a key added with +key=value) is
-refused here, on the raw input, since the typed Config no longer shows it.
+(config.validation). The raw YAML and overrides are checked first (config.raw_checks), and every
+error leaves as one ConfigError line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import typing
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bnnidr_hpc.config.derive import derive_from_data
+from bnnidr_hpc.config.raw_checks import (
+    check_cluster_profiles,
+    check_raw_overrides,
+    check_yaml,
+    leaves,
+    one_line,
+    refuse_added_keys,
+)
 from bnnidr_hpc.config.schema import SCHEMA_NAME, Config, fill_optimizer_defaults, register_schema
 from bnnidr_hpc.config.validation import validate
 from bnnidr_hpc.runtime.errors import ConfigError
 
-# The schema nests 4 levels (optimizers[i].schedule.name); deeper input is a mistake, and far
-# deeper input overflows the recursion of the YAML and OmegaConf parsers.
-MAX_DEPTH = 16
 # A config file not named *.yaml is composed from Hydra's ConfigStore under this name (Hydra
 # finds primary configs by NAME.yaml only); nothing is written next to the file.
 _STORED_PRIMARY = "_bnnidr_primary_config"
@@ -46,22 +48,22 @@ def _compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     _register_schema()
-    _check_raw_overrides(overrides)
+    check_raw_overrides(overrides)
     if config_path is None:
         conf_dir, name = _builtin_conf_dir(), SCHEMA_NAME
     else:
         conf_dir, name = _primary(config_path)
-    _check_cluster_profiles(conf_dir, overrides)
+    check_cluster_profiles(conf_dir, overrides)
     overrides = [f"+{o}" if o.startswith("cluster=") else o for o in overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
             cfg = hydra_compose(config_name=name, overrides=list(overrides))
     except Exception as exc:  # Hydra/OmegaConf errors are multi-line; the user gets one line
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    _refuse_added_keys(cfg)
+    refuse_added_keys(cfg)
     _resolve(cfg)
     if config_path is not None and not (cfg.run.name or "").strip():
         cfg.run.name = Path(config_path).stem
@@ -83,26 +85,16 @@ def _primary(config_path: str) -> Tuple[str, str]:
     path = Path(config_path)
     if not path.is_file():
         raise ConfigError(f"config: no such file {config_path!r} (give a YAML file, e.g. conf/hps_00040.yaml)")
-    _check_yaml(path)
+    check_yaml(path)
     conf_dir = str(path.resolve().parent)
     if path.suffix == ".yaml":
         return conf_dir, path.stem
     try:
         node = OmegaConf.load(path)  # Hydra's own YAML reading, so values type as they would from a file
     except Exception as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     ConfigStore.instance().store(name=_STORED_PRIMARY, node=node)
     return conf_dir, _STORED_PRIMARY
-
-
-def _check_cluster_profiles(conf_dir: str, overrides: List[str]) -> None:
-    # cluster=NAME picks the profile conf/cluster/NAME.yaml (a Hydra group merged onto the schema).
-    for o in overrides:
-        if o.startswith("cluster="):
-            profiles = sorted(p.stem for p in Path(conf_dir, "cluster").glob("*.yaml"))
-            if o.split("=", 1)[1] not in profiles:
-                raise ConfigError(f"config: cluster={o.split('=', 1)[1]!r} is not allowed: a profile in "
-                                  f"{conf_dir}/cluster/, one of {', '.join(profiles) or '(none there)'}")
 
 
 def _builtin_conf_dir() -> str:
@@ -114,157 +106,11 @@ def _builtin_conf_dir() -> str:
     return str(checkout if checkout.is_dir() else Path(__file__).resolve().parent)
 
 
-def _check_yaml(path: Path) -> None:
-    loaded = _read_yaml(path)
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of keys, got {type(loaded).__name__}")
-    _check_depth(f"{path}", loaded)
-    defaults = loaded.get("defaults", [])
-    if not isinstance(defaults, list):
-        raise ConfigError(f"config: {path}: defaults={defaults!r} is not allowed: a list, "
-                          f"e.g. [{SCHEMA_NAME}, _self_]")
-    # The schema itself, or another config of the same folder that names it.
-    bases = [d for d in defaults if isinstance(d, str) and "\0" not in d
-             and (d == SCHEMA_NAME or (path.parent / f"{d}.yaml").is_file())]
-    if not bases:
-        raise ConfigError(f"config: {path} must start with 'defaults: [{SCHEMA_NAME}, _self_]' (or name another "
-                          "config of its folder) so its keys are checked")
-    _check_booleans((str(k), v) for k, v in loaded.items() if k != "defaults")
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config: {path} does not parse as YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    except RecursionError:
-        raise ConfigError(f"config: {path} nests deeper than {MAX_DEPTH} levels") from None
-
-
-def _check_depth(where: str, value: Any) -> None:
-    """Iterative, so that the check itself cannot overflow the stack."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"config: {where} nests deeper than {MAX_DEPTH} levels")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-
-
-def _check_raw_overrides(overrides: List[str]) -> None:
-    """Nesting and booleans on the parsed overrides; a syntax error is left to Hydra to report."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for o in overrides:
-        if _bracket_depth(o) > MAX_DEPTH:
-            raise ConfigError(f"config: {o.split('=', 1)[0]}=... is not allowed: nests deeper than {MAX_DEPTH} levels")
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return
-    for o in parsed:
-        # ~key would silently put back the schema's default; an entry of a free mapping
-        # (~cluster.sbatch.exclusive) may go.
-        parts = o.key_or_group.split(".")
-        if o.is_delete() and dataclasses.is_dataclass(_field_type(parts[:-1])):
-            raise ConfigError(f"config: ~{o.key_or_group} is not allowed: the schema's keys cannot be deleted; "
-                              f"set {o.key_or_group}=VALUE")
-    _check_booleans((o.key_or_group, o.value()) for o in parsed if not (o.is_sweep_override() or o.is_delete()))
-
-
-def _bracket_depth(text: str) -> int:
-    depth = deepest = 0
-    for ch in text:
-        if ch in "[{(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]})":
-            depth -= 1
-    return deepest
-
-
-def _check_booleans(items) -> None:
-    """OmegaConf turns any number into a boolean (2 -> true); the schema's booleans take
-    true / false only (or an interpolation)."""
-    for top, value in items:
-        for key, leaf in _leaves(top, value):
-            if _field_type(key.split(".")) is bool and not _is_boolean(leaf):
-                raise ConfigError(f"config: {key}={leaf!r} is not allowed: true or false")
-
-
-def _is_boolean(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.lower() in ("true", "false") or "${" in value
-    return isinstance(value, bool) or value is None  # None: OmegaConf refuses it for a non-Optional key
-
-
-def _leaves(prefix: str, value: Any) -> Iterator[Tuple[str, Any]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _leaves(f"{prefix}.{k}", v)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _leaves(f"{prefix}.{i}", v)
-    else:
-        yield prefix, value
-
-
-def _field_type(parts: List[str]) -> Any:
-    """The schema's type at a dotted key (list items by index), or None where the schema has none."""
-    tp: Any = Config
-    for part in parts:
-        tp = _unwrap_optional(tp)
-        if dataclasses.is_dataclass(tp):
-            tp = _hints(tp).get(part)
-        elif typing.get_origin(tp) is list and part.isdigit():
-            tp = typing.get_args(tp)[0]
-        else:
-            return None
-    return _unwrap_optional(tp)
-
-
-@functools.lru_cache(maxsize=None)
-def _hints(cls: type) -> dict:
-    return typing.get_type_hints(cls)  # config.py's annotations are strings (postponed evaluation)
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
-
-
-def _refuse_added_keys(cfg: DictConfig) -> None:
-    """`+key=value` adds a key the schema lacks, and OmegaConf.to_object would drop it silently:
-    the same refusal as for `key=value` with an unknown key."""
-    stack: List[Tuple[str, Any]] = [("", cfg)]
-    while stack:
-        prefix, node = stack.pop()
-        if isinstance(node, ListConfig):
-            stack.extend((f"{prefix}{i}.", node._get_node(i)) for i in range(len(node)))
-        elif isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
-            names = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
-            extra = [str(k) for k in node.keys() if k not in names]
-            if extra:
-                raise ConfigError(_unknown_key(prefix + extra[0]))
-            stack.extend((f"{prefix}{k}.", node._get_node(k)) for k in node.keys())
-
-
 def _resolve(cfg: DictConfig) -> None:
     """Interpolations (${key}, ${oc.env:VAR}) are resolved once, here: one that fails is one line
     naming its key, instead of a traceback wherever the value is first read."""
     raw = OmegaConf.to_container(cfg, resolve=False)
-    for key, value in _leaves("", raw):
+    for key, value in leaves("", raw):
         if isinstance(value, str) and "${" in value:
             try:
                 OmegaConf.select(cfg, key[1:], throw_on_resolution_failure=True)
@@ -274,10 +120,10 @@ def _resolve(cfg: DictConfig) -> None:
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     # An escaped \${...} resolves to the text ${...}, which OmegaConf would try to resolve again
     # wherever it is read.
-    for key, value in _leaves("", OmegaConf.to_container(cfg, resolve=False)):
+    for key, value in leaves("", OmegaConf.to_container(cfg, resolve=False)):
         if isinstance(value, str) and "${" in value:
             raise ConfigError(f"config: {key[1:]}={value!r} is not allowed: no '${{' in a value")
 
@@ -292,42 +138,12 @@ def _single(text: str) -> str:
     return " ".join(line for line in text.splitlines() if line.strip())
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf errors span lines and chain causes; the user gets the informative one."""
-    texts = []
-    while exc is not None:
-        if isinstance(exc, RecursionError):
-            return f"config: a value nests deeper than {MAX_DEPTH} levels"
-        texts.extend(line.strip() for line in str(exc).splitlines() if line.strip())
-        exc = exc.__cause__ or exc.__context__
-    full_key = next((t.split(":", 1)[1].strip() for t in texts if t.startswith("full_key:")), "")
-    unknown = next((t for t in texts if t.startswith("Key '") and " not in " in t), None)
-    if unknown:
-        return _unknown_key(full_key or unknown.split("'")[1])
-    detail = next((t for t in texts if t.startswith(("Value '", "Invalid type", "Unsupported", "Merge error"))), None)
-    if detail:
-        return f"config: {full_key}: {detail}" if full_key else f"config: {detail}"
-    if texts and texts[0].startswith("Error parsing override"):
-        return f"config: {texts[0]} ({texts[1] if len(texts) > 1 else ''}); write overrides as key=value"
-    if len(texts) > 1 and (texts[0].endswith(":") or texts[0].startswith("Error merging")):  # the reason is next
-        return f"config: {texts[0]} {texts[1]}"
-    return "config: " + (texts[0] if texts else "could not be composed")
-
-
-def _unknown_key(key: str) -> str:
-    parent = key.rsplit(".", 1)[0] if "." in key else ""
-    tp = _field_type(parent.split(".")) if parent else Config
-    if not dataclasses.is_dataclass(tp):  # a free mapping (cluster.sbatch, sweep.grid) takes new keys with +
-        return f"config: unknown key {key!r}; add a key to {parent} with +{key}=VALUE"
-    return f"config: unknown key {key!r}; allowed here: {', '.join(f.name for f in dataclasses.fields(tp))}"
-
-
 def to_config(cfg: DictConfig) -> Config:
     """Convert once, at the entry point: optimizer defaults filled in, every value validated."""
     try:
         config = OmegaConf.to_object(cfg)
     except Exception as exc:  # a missing value (???), or an interpolation hydra_app left unresolved
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     if isinstance(config.output_dim, str) and config.output_dim.isdigit():
         config.output_dim = int(config.output_dim)
     if isinstance(config.run.name, str):

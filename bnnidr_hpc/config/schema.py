@@ -1,24 +1,20 @@
-"""The one typed schema of a run, and its identity (the run directory's name).
+"""The one typed schema of a run: every key with its type and default, the optimizers' defaults
+filled in from the top-level ones, and the schema written out as a dict or YAML.
 
-Used by: every command (loading.py composes and validates it; train.py, submit.py read it).
+Used by: every command (config.loading composes and validates it, config.identity names its run
+directory from it; train.loop, cluster.submit read it).
 
 Defaults live here once. A YAML file in conf/ names this schema in its `defaults` list and
-overrides only what differs; `key=value` overrides go through Hydra's compose API (loading.py),
-and validation.py checks every value before anything is created.
+overrides only what differs; `key=value` overrides go through Hydra's compose API (config.loading),
+and config.validation checks every value before anything is created.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
-
-from bnnidr_hpc.runtime.dotted import flatten
 
 SCHEMA_NAME = "bnnidr_schema"
 
@@ -341,46 +337,9 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
 
 
-# ----------------------------------------------------------------------------- identity
-
-# Groups and keys that do not change the trained result, so not the run's identity.
-NOT_IDENTITY = ("run.", "cluster.", "sweep.", "eval.block")
-_NO_DEFAULT = object()
-
-
 def to_dict(c: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(c), resolve=True)
 
 
 def to_yaml(c: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(c))
-
-
-def identity(c: Config) -> dict:
-    """The values of c that differ from the schema's defaults and change the result, flattened
-    (data.n, optimizers, ...). A key added to the schema later, at its default, adds nothing here,
-    so existing run directories keep their names."""
-    defaults = flatten(to_dict(fill_optimizer_defaults(Config(data=DataConfig(n=SPHERE_N)))))
-
-    def default(key: str):  # every optimizer's defaults are those of the one default optimizer
-        return defaults.get(re.sub(r"^optimizers\.\d+\.", "optimizers.0.", key), _NO_DEFAULT)
-
-    return {k: v for k, v in flatten(to_dict(c)).items() if not k.startswith(NOT_IDENTITY) and default(k) != v}
-
-
-# Raised when a default changes what a run trains (2: loss umap and max_epochs 100, 2026-12-03;
-# 3: neighbour_quantile 0.005, 2026-12-03):
-# the identity is the difference from the defaults, so a run directory made under the old defaults
-# would otherwise pass for a run of the new ones.
-DEFAULTS_VERSION = 3
-
-
-def config_hash(c: Config) -> str:
-    blob = json.dumps({**identity(c), "defaults_version": DEFAULTS_VERSION}, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
-
-
-def run_dir_for(c: Config) -> Path:
-    """The one place a run's directory is decided: ROOT/NAME-HASH."""
-    name = c.run.name or "default"
-    return Path(c.run.root).resolve() / f"{name}-{config_hash(c)}"

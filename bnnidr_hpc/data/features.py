@@ -1,8 +1,8 @@
 """A user's own feature vectors: N x p .npy files (one, a list, or a glob of shards), memory-mapped.
 
-Used by: loading.py (`derive`: p, n and the evaluation sizes come from the files, and every file
-problem is one line before anything is created), data.py (`NpyFeatures`, the data source of
-data.source=npy), reduce.py (`Shards`, `normalizer`).
+Used by: config/loading.py (`derive`: p, n and the evaluation sizes come from the files, and every file
+problem is one line before anything is created), data/sources.py (`NpyFeatures`, the data source of
+data.source=npy), reduce/apply.py (`Shards`, `normalizer`).
 
 Rows: the shards are read as one table, file after file. `data.heldout` rows, drawn from the seed,
 are set aside for evaluation (never trained on): the first eval.queries of them are the queries,

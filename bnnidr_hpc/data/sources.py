@@ -1,6 +1,6 @@
 """The data sources (synthetic hyperspheres; a user's feature files) and the loader of one rank's batches.
 
-Used by: train.py (training shards), evaluate.py (held-out points), intrinsic.py (estimate-id).
+Used by: train/loop.py (training shards), train/evaluate.py (held-out points), train/intrinsic.py (estimate-id).
 
 Both sources give: rows(index) -> (points, labels or None) of training positions 0..n-1, range(start,
 stop), sample(count) (for TwoNN), heldout(queries, gallery); `source` picks one from the config.

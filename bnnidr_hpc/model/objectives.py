@@ -1,6 +1,7 @@
-"""The objective (metric MDS stress over the pairs of a batch) and retrieval mean average precision.
+"""The training objectives over the pairs of a batch (metric MDS stress, or parametric UMAP's
+cross-entropy), their pair targets and each rank's share, and the squared distances they rest on.
 
-Used by: step.py (the stress), evaluate.py (AP), benchmarks.
+Used by: train.step (the loss and its targets), train.retrieval (squared distances), benchmarks.
 
 Stress (DeepMDS, normalised as Kruskal's stress-1 squared):
     sum_{i != j} (|f(x_i) - f(x_j)| - |x_i - x_j|)^2  /  sum_{i != j} |x_i - x_j|^2
@@ -9,7 +10,7 @@ with any number of ranks. The pair matrix is symmetric: split into one block of 
 rank computes its own diagonal block and an equal share of the blocks above the diagonal (the
 round-robin of all-pairs N-body codes), so every pair is computed once over all ranks - half the
 work of each rank taking its rows against the whole batch. The gradients of the gathered outputs
-are summed over ranks (distributed.all_gather_with_grad_async), which adds the shares up.
+are summed over ranks (collectives.all_gather_with_grad_async), which adds the shares up.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
 class Pieces:
     """A computation split into pieces (a generator that yields after each and returns its
     result): work_one() runs the next piece, result() the rest. Lets a step fill the time it waits
-    for a collective with independent work (distributed.wait)."""
+    for a collective with independent work (collectives.wait)."""
 
     def __init__(self, pieces: Generator):
         self._pieces = pieces
@@ -281,7 +282,7 @@ class PairTargetsAhead(Pieces):
 def stress_share(out: torch.Tensor, gathered: Callable[[], torch.Tensor], targets: PairTargets) -> torch.Tensor:
     """This rank's share of the normalised loss (targets.loss) of the global batch; the shares of
     all ranks add up to the loss. out: this rank's reduced vectors; gathered: returns every rank's,
-    with their gradient (distributed.all_gather_with_grad_async). The rank's own block needs out
+    with their gradient (collectives.all_gather_with_grad_async). The rank's own block needs out
     alone, so it is computed before gathered() is called: the gather travels meanwhile."""
     pair_loss = LOSSES[targets.loss]
     total = pair_loss.apply(out, out, targets.d_own)
@@ -295,85 +296,3 @@ def stress_share(out: torch.Tensor, gathered: Callable[[], torch.Tensor], target
 def stress(out: torch.Tensor, x: torch.Tensor, loss: str = "stress", quantile: float = 0.02) -> torch.Tensor:
     """The normalised loss (stress by default) of one batch on one process."""
     return stress_share(out, lambda: out, pair_targets(x, loss=loss, quantile=quantile))
-
-
-def per_query_average_precision(queries: torch.Tensor, query_labels: torch.Tensor,
-                                gallery: torch.Tensor, gallery_labels: torch.Tensor,
-                                block: int = 1024) -> torch.Tensor:
-    """Each query's AP (float64; NaN for a query with no relevant item in the gallery).
-
-    Each query ranks the gallery by Euclidean distance; its AP is the mean, over the gallery items
-    of its category, of the precision at that item's rank. Queries are taken in blocks so memory
-    stays at block x gallery.
-
-    No sort of the gallery: the k-th nearest relevant item's rank is the number of items at most
-    as far, so the relevant distances (a top-k per row) are the thresholds and one searchsorted
-    pass counts every item between consecutive ones. Tied items share the precision at the end
-    of their tie, as in scikit-learn (float32 distances of far-out points do tie). This avoids
-    an argsort of every row (docs/performance.md, benchmarks/bench_tooling.py).
-    """
-    out = torch.full((queries.shape[0],), float("nan"), dtype=torch.float64, device=queries.device)
-    for lo in range(0, queries.shape[0], block):
-        q, ql = queries[lo:lo + block], query_labels[lo:lo + block]
-        d = squared_distances(q, gallery)
-        relevant = gallery_labels[None, :] == ql[:, None]
-        n_relevant = relevant.sum(1)
-        most = int(n_relevant.max())  # one host sync per block, for the top-k's size
-        if most == 0:
-            continue
-        thresholds = torch.where(relevant, d, float("inf")).topk(most, dim=1, largest=False).values
-        below = torch.searchsorted(thresholds, d)  # per item: relevant items strictly nearer
-        per_gap = torch.zeros(d.shape[0], most + 1, device=d.device).scatter_add_(
-            1, below, torch.ones((), device=d.device).expand(below.shape))
-        rank = per_gap.cumsum(1)[:, :most]  # of the k-th nearest relevant item: items at most as far
-        hits = torch.searchsorted(thresholds, thresholds, right=True)  # relevant items at most as far
-        k = torch.arange(1, most + 1, device=d.device)
-        precision = torch.where(k <= n_relevant[:, None], hits / rank, 0.0)
-        ap = precision.sum(1, dtype=torch.float64) / n_relevant.clamp_min(1)
-        out[lo:lo + q.shape[0]] = torch.where(n_relevant > 0, ap, float("nan"))
-    return out
-
-
-def average_precision_sums(queries: torch.Tensor, query_labels: torch.Tensor,
-                           gallery: torch.Tensor, gallery_labels: torch.Tensor,
-                           block: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(sum of per-query AP, number of queries with at least one relevant item): ranks add their
-    shares before dividing."""
-    ap = per_query_average_precision(queries, query_labels, gallery, gallery_labels, block)
-    valid = ~torch.isnan(ap)
-    return ap[valid].sum(), valid.sum().double()
-
-
-def bootstrap_se(per_query: torch.Tensor, resamples: int = 200, seed: int = 0) -> float:
-    """Standard error of the mean AP by the bootstrap over queries (NaN queries left out)."""
-    ap = per_query[~torch.isnan(per_query)].double().cpu()
-    if len(ap) < 2:
-        return float("nan")
-    g = torch.Generator().manual_seed(seed)
-    means = ap[torch.randint(len(ap), (resamples, len(ap)), generator=g)].mean(1)
-    return means.std().item()
-
-
-def nearest(x: torch.Tensor, k: int, block: int = 1024) -> torch.Tensor:
-    """Each point's k nearest other points of x (indices, nearest first)."""
-    out = []
-    for lo in range(0, x.shape[0], block):
-        rows = torch.arange(lo, min(lo + block, x.shape[0]), device=x.device)
-        d = squared_distances(x[rows], x)
-        d[torch.arange(len(rows), device=x.device), rows] = float("inf")  # not its own neighbour
-        out.append(d.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out)
-
-
-def knn_recall(near_in: torch.Tensor, y: torch.Tensor) -> float:
-    """Label-free neighbour preservation: the mean fraction of each point's k nearest neighbours
-    in the input (near_in, from `nearest`) that are still among its k nearest in y
-    (1 = every neighbourhood kept)."""
-    near_out = nearest(y, near_in.shape[1])
-    kept = (near_in[:, :, None] == near_out[:, None, :]).any(2)
-    return kept.double().mean().item()
-
-
-def mean_average_precision(queries, query_labels, gallery, gallery_labels, block: int = 1024) -> float:
-    total, count = average_precision_sums(queries, query_labels, gallery, gallery_labels, block)
-    return (total / count.clamp_min(1)).item()

@@ -1,6 +1,6 @@
 """The Reducer: an MLP from input_dim (= data.p) to output_dim, deterministic or Bayesian.
 
-Used by: train.py, benchmarks; validation.py (parameter names, to check optimizer
+Used by: train/loop.py, benchmarks; config/validation.py (parameter names, to check optimizer
 patterns before a run). The model knows nothing of the run's config: it takes a ModelSpec.
 
 Hidden layer i (1..nlayers):  h_i = act_i(BN(W_i h_{i-1} + v_i + skip_i)),  h_0 = the input.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_record
 
 KEEP = 0.95
 COLUMNS = ["output_dim", "runs", "ap", "ap_se", "ap_retention", "knn_recall", "pca_ap", "pca_retention",
@@ -80,9 +80,9 @@ def groups(recs: List[dict], group_key) -> List[dict]:
                 "ap_se": _mean(_number(r.get("ap_out_se")) for r in runs),
                 "ap_retention": _mean(_number(r.get("ap_retention")) for r in runs),
                 "knn_recall": _mean(_number(r.get("knn_recall")) for r in runs),
-                "pca_ap": _mean(run_files.baseline(r, "pca") for r in runs),
-                "pca_retention": _mean(run_files.baseline(r, "pca", "ap_retention") for r in runs),
-                "random_ap": _mean(run_files.baseline(r, "random") for r in runs),
+                "pca_ap": _mean(run_record.baseline(r, "pca") for r in runs),
+                "pca_retention": _mean(run_record.baseline(r, "pca", "ap_retention") for r in runs),
+                "random_ap": _mean(run_record.baseline(r, "random") for r in runs),
             })
         config = json.loads(key)
         data = config.get("data") if isinstance(config.get("data"), dict) else {}

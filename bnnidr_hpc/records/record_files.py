@@ -1,6 +1,6 @@
 """Finding and opening record files whatever lies on disk: for readers of many run directories.
 
-Used by: collect.py (tools/collect.py). Standard library only, like run_files.py.
+Used by: scaling.py (collect, tools/collect.py). Standard library only, like run_files.py.
 
 Only regular files are read, and never in a way that can block (a FIFO named record.json) or
 exhaust memory; symlinked directories are followed but each real directory is searched once, so a

@@ -1,6 +1,6 @@
 """TensorBoard: per-epoch scalars, the run's hyperparameters, and the model graph.
 
-Used by: train.py (rank 0 only). `tensorboard --logdir runs` shows every run.
+Used by: train/loop.py (rank 0 only). `tensorboard --logdir runs` shows every run.
 
 The graph comes from torch.fx's symbolic trace (no example run of the model, no deprecated
 torch.jit.trace, which SummaryWriter.add_graph uses), written as TensorBoard's GraphDef: one node

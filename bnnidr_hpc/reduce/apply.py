@@ -25,7 +25,7 @@ import torch
 from bnnidr_hpc.config.schema import Config
 from bnnidr_hpc.data import features
 from bnnidr_hpc.model.reducer import Reducer
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.runtime import allocator, products
 from bnnidr_hpc.runtime.errors import ConfigError
 
@@ -108,7 +108,7 @@ def load_reducer(run_dir, mc_samples: int = 1, device: str = "cpu", allow_incomp
 def _check_completed(run_dir: Path, allow_incomplete: bool) -> None:
     record = run_files.read_record(run_dir) or {}
     status = record.get("status", "unknown (no readable record.json)")
-    if status != run_files.COMPLETED and not allow_incomplete:
+    if status != run_record.COMPLETED and not allow_incomplete:
         raise ConfigError(f"reduce: the run in {run_dir} is {status}, not completed; finish it, or pass "
                           "--allow-incomplete to use its last checkpoint")
 
@@ -213,3 +213,10 @@ def run(run_dir: str, inputs: List[str], output: str, mc_samples: int = 1, devic
     products.use(reducer.cpu_matmul)  # the run's choice, resolved on this machine
     allocator.keep_freed_memory()
     return reduce_files(reducer, shards, output, mc_samples, block, progress)
+
+
+def summary_line(result: dict) -> str:
+    """What `bnnidr-hpc reduce` prints of `run`'s result: rows, output, spread file, speed."""
+    spread = f", spread per vector in {result['spread']}" if result["spread"] else ""
+    return (f"reduced {result['rows']} rows into {result['output']}{spread} "
+            f"({result['rows'] / max(result['seconds'], 1e-9):.0f} rows/s)")

@@ -1,6 +1,6 @@
 """glibc malloc's thresholds for a process that trains or reduces.
 
-Used by: train.py (every rank, before its first step), reduce.py, benchmarks/bench_step.py.
+Used by: train/loop.py (every rank, before its first step), reduce/apply.py, benchmarks/bench_step.py.
 
 A step allocates and frees the same few-MB tensors each time: a batch of 1024's pair matrices
 are 4 MB each. glibc gives blocks that large from mmap, or trims the heap once 2x its adaptive

@@ -1,7 +1,8 @@
 """Float32 matrix products on the CPU: PyTorch's BLAS, or oneDNN where the BLAS is the slower.
 
-Used by: model.py (the layers), metrics.py (distances and the loss's backward), evaluate.py (PCA),
-intrinsic.py (TwoNN's distances); train.py and reduce.py choose the library (use()).
+Used by: model/reducer.py (the layers), model/objectives.py (distances and the loss's backward),
+train/evaluate.py (PCA), train/intrinsic.py (TwoNN's distances); train/ and reduce/ choose the
+library (use()).
 
 PyTorch's x86 builds send float32 products on the CPU to MKL (run.cpu_matmul=blas), and MKL runs
 its generic AVX2 kernels on AMD processors. oneDNN, also inside PyTorch, picks its kernels by

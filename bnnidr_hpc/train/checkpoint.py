@@ -1,6 +1,6 @@
 """What a run keeps between sessions: the TrainState, and the checkpoint that holds it.
 
-Used by: train.py.
+Used by: train/loop.py.
 
 checkpoint.pt holds the model's and optimizers' state dicts, the RNG states and the TrainState.
 It is written atomically by rank 0 after every epoch and at an interruption, so the last good

@@ -1,7 +1,7 @@
 """Held-out evaluation: retrieval mean AP with its standard error, neighbour preservation, the
 baselines at the same output size, and TwoNN of the gallery before and after reduction.
 
-Used by: train.py.
+Used by: train.loop.
 
 The held-out points: a sphere's follow its n training points, a feature file's are its held-out
 rows (data.NpyFeatures.heldout); without labels there is no AP (None). Each rank takes an
@@ -24,11 +24,11 @@ from typing import Optional
 import torch
 
 from bnnidr_hpc.config.schema import EvalConfig
-from bnnidr_hpc.model.objectives import bootstrap_se, knn_recall, nearest, per_query_average_precision
 from bnnidr_hpc.model.reducer import Reducer
-from bnnidr_hpc.runtime import distributed, products
+from bnnidr_hpc.runtime import collectives, products
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train import intrinsic
+from bnnidr_hpc.train.retrieval import bootstrap_se, knn_recall, nearest, per_query_average_precision
 
 BASELINE_ROWS = 20000
 KNN_POINTS = 2000
@@ -54,7 +54,7 @@ class Evaluator:
         per_query = per_query_average_precision(queries, self.ql, gallery, self.gl, self.block)
         padded = torch.full((self.share_rows,), float("nan"), dtype=torch.float64, device=per_query.device)
         padded[:len(per_query)] = per_query
-        every = distributed.all_gather(padded[None]).flatten()
+        every = collectives.all_gather(padded[None]).flatten()
         valid = every[~torch.isnan(every)]
         ap = valid.mean().item() if len(valid) else None
         se = bootstrap_se(every)

@@ -1,7 +1,8 @@
 """TwoNN intrinsic-dimension estimates (Facco, d'Errico, Rodriguez and Laio, Sci. Rep. 2017).
 
-Used by: train.py and evaluate.py (output_dim: auto; the gallery before and after reduction),
-`bnnidr-hpc estimate-id` (estimate_config), tests (the hypersphere generator keeps its dimension).
+Used by: train/session.py and train/evaluate.py (output_dim: auto; the gallery before and after
+reduction), cli.py (`bnnidr-hpc estimate-id`: estimate_config, report_lines), tests (the
+hypersphere generator keeps its dimension).
 
 For each point, mu = r2 / r1, the ratio of its second to first nearest-neighbour distance. On a
 d-dimensional manifold with locally uniform density, mu follows a Pareto law P(mu) = d mu^-(d+1),
@@ -15,8 +16,10 @@ Known bias: TwoNN reads large dimensions low, and isotropic noise inflates it (R
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from typing import List
 
 import torch
 
@@ -120,6 +123,22 @@ def estimate_config(c, sample: int) -> dict:
     return {"n": x.shape[0], "p": c.data.p, "true_d": true_d, "device": device.type, "estimates": estimates,
             "seconds": time.perf_counter() - started,
             "output_dim_auto": output_dim_for(estimates["mle"]["dimension"], c.data.p)}
+
+
+def report_lines(c, result: dict, with_json: bool = False) -> List[str]:
+    """`bnnidr-hpc estimate-id`'s lines for estimate_config's result: the data, each estimate, what
+    output_dim: auto would choose; with_json, the estimates again as one JSON line."""
+    what = (f"p={c.data.p}, embedding={c.data.embedding}, noise={c.data.noise}" if c.data.source == "sphere" else
+            f"p={c.data.p}, rows spread over {c.data.path}, normalize={c.data.normalize}")
+    lines = [f"TwoNN intrinsic dimension of {result['n']} points of {c.run.name or 'the default data'} "
+             f"({what}) on {result['device']}, {result['seconds']:.1f} s"]
+    for name, e in result["estimates"].items():
+        lines.append(f"  {name:<6} {e['dimension']:7.2f} +- {e['error']:.2f}")
+    true_d = f"  true d {result['true_d']:7d}   " if result["true_d"] is not None else "  "
+    lines.append(f"{true_d}(output_dim=auto would choose {result['output_dim_auto']})")
+    if with_json:
+        lines.append(json.dumps({k: result[k] for k in ("n", "p", "true_d", "seconds", "estimates")}))
+    return lines
 
 
 def output_dim_for(dimension: float, p: int) -> int:

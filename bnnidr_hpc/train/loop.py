@@ -1,10 +1,12 @@
 """Training: one plain function, config + run directory + distributed facts in, record out.
 
-Used by: job.py (`bnnidr-hpc run`, local ranks, Slurm jobs), hydra_app.py, tests, benchmarks.
+Used by: cluster/job.py (`bnnidr-hpc run`, local ranks, Slurm jobs: train, record_failure),
+cli.py (one_line), tests, benchmarks.
 
 Every entry point calls `train`. It resumes from the run directory's checkpoint when there is one,
-so the first start and every restart take the same path: setup (data, model, optimizers, the
-checkpoint's TrainState), one `_epoch` after another, then `_finish`. Only rank 0 writes files.
+so the first start and every restart take the same path: setup (session.py: data, model,
+optimizers, the checkpoint's TrainState), one `_epoch` after another, then `_finish`. Only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -14,24 +16,20 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from bnnidr_hpc.config.schema import Config, to_dict, to_yaml
-from bnnidr_hpc.data.sources import ShardLoader, source
-from bnnidr_hpc.model.reducer import Reducer
-from bnnidr_hpc.records import run_files, tensorboard
-from bnnidr_hpc.runtime import allocator, distributed, products
+from bnnidr_hpc.config.schema import Config, to_dict
+from bnnidr_hpc.records import run_files, run_record, tensorboard
+from bnnidr_hpc.runtime import allocator, collectives, distributed, products
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.runtime.errors import ConfigError
-from bnnidr_hpc.train import checkpoint, intrinsic, relevance
+from bnnidr_hpc.train import checkpoint, relevance
 from bnnidr_hpc.train.checkpoint import TrainState
-from bnnidr_hpc.train.evaluate import Evaluator, with_retention
-from bnnidr_hpc.train.optim import Optimizers
-from bnnidr_hpc.train.step import make_step
+from bnnidr_hpc.train.evaluate import with_retention
+from bnnidr_hpc.train.session import Session, setup
 
 # With several ranks, a stop request (preemption, time limit) is agreed on every this many steps,
 # so that every rank stops after the same step; one small all-reduce each time.
@@ -82,7 +80,7 @@ def _train_holding(c: Config, run_dir: Path, info: DistInfo, stop_requested) -> 
         products.use(c.run.cpu_matmul)
         allocator.keep_freed_memory()
         watchdog = distributed.init(info, device, c.run.rank_timeout_s, on_lost)
-        session, state = _setup(c, run_dir, info, device, session_started)
+        session, state = setup(c, run_dir, info, device, session_started)
         record = _train_epochs(session, state, stop_requested)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit, ConfigError)):  # bad input is not the run's end
@@ -122,127 +120,19 @@ def record_failure(c: Config, run_dir: Path, line: str) -> None:
     """The record says failed and why; where even that cannot be written (a full disk), the
     error itself still reaches the terminal."""
     try:
-        run_files.mark_failed(run_dir, line, c, to_dict(c))
+        run_record.mark_failed(run_dir, line, c, to_dict(c))
     except OSError:  # RunFileError included
         pass
 
 
-@dataclass
-class _Session:
-    """What one process holds while it trains: built by _setup, used by every epoch."""
-
-    c: Config
-    run_dir: Path
-    info: DistInfo
-    device: torch.device
-    model: Reducer
-    optimizers: Optimizers
-    loader: ShardLoader
-    evaluator: Evaluator
-    averager: distributed.GradientAverager
-    train_step: Callable
-    record: dict
-    writer: object  # TensorBoard's SummaryWriter on rank 0 once opened (tensorboard()), else None
-    progress: object  # tqdm bar on a terminal, else None
-    started: float
-    process_started: float
-    first_step_at: Optional[float] = None
-    checkpoints: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # rank 0's epoch checkpoints
-    relevance_prior: Optional[torch.Tensor] = None  # relevance_prior: P(K = k) over the output units
-
-    def tensorboard(self, state: TrainState):
-        """Rank 0's SummaryWriter, opened (and the graph written) at the first epoch's end: its
-        import and the graph's trace took 0.8 s of the 2 s before the first step."""
-        if self.writer is None and self.info.is_main:
-            self.writer = tensorboard.open_writer(self.run_dir)
-            if self.c.run.graph and state.restarts == 0:
-                tensorboard.log_graph(self.writer, self.model, self.c.input_dim)
-        return self.writer
-
-    def update_record(self, state: TrainState, status: str) -> None:
-        run_files.update_record(self.record, state, status, self.started, self.process_started)
-        if self.info.is_main:
-            run_files.write_json(self.run_dir / run_files.RECORD, self.record)
-
-
-def _setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, started: float):
-    data = source(c.data, c.seed, device)
-    intrinsic_dim = {}
-    if c.output_dim == "auto":
-        c, intrinsic_dim = _choose_output_dim(c, data)
-    torch.manual_seed(c.seed)
-    model = Reducer(c.model_spec()).to(device)
-    if info.distributed and c.batch_norm and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizers = Optimizers(c.optimizers, c.max_epochs, model)
-    loader = ShardLoader(data, c.batch_size, info.rank, info.world_size)
-    evaluator = Evaluator(c.eval, data, info)
-    state = checkpoint.resume(run_dir / run_files.CHECKPOINT, model, optimizers, device, started)
-    averager = distributed.GradientAverager(model)  # after resuming: it starts every rank from rank 0's weights
-
-    names = [torch.cuda.get_device_name(device)] if device.type == "cuda" else ["cpu"]
-    config_dict = to_dict(c)
-    record = run_files.start_record(
-        c, config_dict, run_dir, device_type=device.type, devices=names * info.world_size,
-        cpu_matmul=products.library() if device.type == "cpu" else None,
-        steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hosts=distributed.all_hosts(info),
-        slurm_job_id=info.slurm_job_id, intrinsic_dim=intrinsic_dim)
-    if not evaluator.labelled:
-        record["ap_note"] = "no labels (data.labels is not set): no retrieval AP; intrinsic_dim still compares them"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
-            stale.unlink()
-        run_files.write_text(run_dir / run_files.CONFIG, to_yaml(c))
-        if c.data.source == "npy":
-            _write_data_files(run_dir, data)
-        if state.history:  # a kill between the checkpoint and its metrics line: the checkpoint is right
-            run_files.write_lines(run_dir / run_files.METRICS, state.history)
-    session = _Session(c, run_dir, info, device, model, optimizers, loader, evaluator, averager,
-                       make_step(c, model, optimizers, info, averager), record, None,
-                       _progress_bar(c, info.is_main, state.epoch), started, run_files.process_start_time())
-    if c.relevance_prior:
-        if state.relevance_centre is None:
-            state.relevance_centre = _relevance_centre(c, data, intrinsic_dim, info, device)
-        session.relevance_prior = relevance.prior(state.relevance_centre, c.output_dim)
-    session.update_record(state, run_files.RUNNING)
-    return session, state
-
-
-def _relevance_centre(c: Config, data, intrinsic_dim: dict, info: DistInfo, device: torch.device) -> float:
-    """TwoNN of the training data, rank 0's on every rank: the prior's probabilities, and so every
-    step's draw, must be the same on all of them whatever their devices' rounding."""
-    centre = 0.0
-    if info.is_main:
-        centre = (intrinsic_dim["input"]["mle"]["dimension"] if intrinsic_dim else
-                  intrinsic.estimate(data.sample(c.eval.id_sample), "mle").dimension)
-    return distributed.all_reduce_sum(torch.tensor([centre], dtype=torch.float64, device=device)).item()
-
-
-def _write_data_files(run_dir: Path, data) -> None:
-    """What `reduce` and a collaborator need of a feature-file run: the held-out rows' indices
-    (queries first, then the gallery) and the normalisation statistics of the training rows."""
-    import io
-
-    import numpy as np
-
-    from bnnidr_hpc.data import features
-
-    buffer = io.BytesIO()
-    np.save(buffer, data.heldout_index)
-    run_files.atomic_write(run_dir / features.HELDOUT, lambda f: f.write(buffer.getbuffer()), binary=True)
-    blob = features.stats_bytes(data.cfg.normalize, data.stats)
-    run_files.atomic_write(run_dir / features.NORMALIZATION, lambda f: f.write(blob), binary=True)
-
-
-def _train_epochs(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
+def _train_epochs(s: Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
     try:
         return _train_epochs_writing(s, state, stop_requested)
     finally:
         s.checkpoints.join()  # _finish raised its error, or another exception is on its way
 
 
-def _train_epochs_writing(s: _Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
+def _train_epochs_writing(s: Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
     for epoch in range(state.epoch, s.c.max_epochs):
         try:
             entry = _epoch(s, state, epoch, stop_requested)
@@ -250,19 +140,19 @@ def _train_epochs_writing(s: _Session, state: TrainState, stop_requested: Callab
         except Diverged as why:
             kept = f"the checkpoint of epoch {state.epoch} is kept" if state.epoch else "no epoch had completed"
             s.record.update(error=f"{why}; {kept}", diverged_at={"epoch": why.epoch, "step": why.step})
-            return _finish(s, state, run_files.DIVERGED)
+            return _finish(s, state, run_record.DIVERGED)
         if entry is None:
-            return _finish(s, state, run_files.INTERRUPTED)
+            return _finish(s, state, run_record.INTERRUPTED)
         state.epoch, state.step, state.stress_sum, state.kl_sum = epoch + 1, 0, 0.0, 0.0
         state.history.append(entry)
-        s.update_record(state, run_files.RUNNING)
+        s.update_record(state, run_record.RUNNING)
         if s.info.is_main:
             s.checkpoints.save(s.run_dir / run_files.CHECKPOINT, s.model, s.optimizers, state, s.device,
                                s.process_started)
             run_files.append_line(s.run_dir / run_files.METRICS, entry)
             tensorboard.log_epoch(s.tensorboard(state), entry)
         _show_progress(s, entry)
-    return _finish(s, state, run_files.COMPLETED)
+    return _finish(s, state, run_record.COMPLETED)
 
 
 def _check_divergence(c: Config, state: TrainState, entry: Optional[dict]) -> None:
@@ -278,14 +168,14 @@ def _check_divergence(c: Config, state: TrainState, entry: Optional[dict]) -> No
                        f"{c.run.diverge_factor:g} x the first epoch's {first:.4g}", *steps)
 
 
-def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Optional[dict]:
+def _epoch(s: Session, state: TrainState, epoch: int, stop_requested) -> Optional[dict]:
     """Train one epoch (from state.step) and evaluate; its metrics entry, or None when a stop was
     requested (state then holds the partial epoch)."""
     c, world, steps = s.c, s.info.world_size, s.loader.steps_per_epoch
     s.model.train()
     # Rank 0 wrote the last epoch's files while the others went on to wait in the first step:
     # their clocks would count its writing as training time and make them look like stragglers.
-    distributed.barrier()
+    collectives.barrier()
     epoch_started = time.perf_counter()
     sums = torch.zeros(2, device=s.device)  # stress, KL: summed on the device, read once per epoch
     lrs = s.optimizers.set_lr(epoch + state.step / steps)  # also when no step is left to run
@@ -301,17 +191,17 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
         if non_finite:
             raise Diverged(f"non-finite loss in epoch {epoch + 1} by step {step + 1} of {steps}", epoch + 1, step + 1)
         if stop:
-            partial = distributed.all_reduce_sum(_rank_sums(sums, world))
+            partial = collectives.all_reduce_sum(_rank_sums(sums, world))
             state.stress_sum += partial[0].item()
             state.kl_sum += partial[1].item()
             state.step = step + 1
             return None
     # The epoch's only host synchronisations: the loss sums and the evaluation.
-    totals = distributed.all_reduce_sum(_rank_sums(sums, world))
+    totals = collectives.all_reduce_sum(_rank_sums(sums, world))
     earlier = torch.tensor([state.stress_sum, state.kl_sum], dtype=torch.float64)  # an interrupted epoch's
     stress_total, kl_total = (totals.cpu() + earlier).tolist()
     epoch_seconds = time.perf_counter() - epoch_started
-    rank_seconds = [r[0] for r in distributed.gather_floats([epoch_seconds], s.device)]
+    rank_seconds = [r[0] for r in collectives.gather_floats([epoch_seconds], s.device)]
     eval_started = time.perf_counter()
     scores = {"ap": None, "ap_se": None, "ap_retention": None, "knn_recall": None}
     if epoch + 1 == c.max_epochs or (epoch + 1) % c.eval.every == 0:
@@ -334,7 +224,7 @@ def _epoch(s: _Session, state: TrainState, epoch: int, stop_requested) -> Option
     }
 
 
-def _evaluate_references(s: _Session, state: TrainState) -> None:
+def _evaluate_references(s: Session, state: TrainState) -> None:
     """The input space's AP and the baselines at the same output size (evaluate.py), once per run,
     at its first evaluation rather than before the first step."""
     inputs = s.evaluator.input_scores()
@@ -350,7 +240,7 @@ def _rank_sums(sums: torch.Tensor, world: int) -> torch.Tensor:
     return (sums / torch.tensor([1.0, world], device=sums.device)).double()
 
 
-def _first_step(s: _Session) -> None:
+def _first_step(s: Session) -> None:
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     s.first_step_at = time.time()
@@ -358,36 +248,26 @@ def _first_step(s: _Session) -> None:
     s.record.setdefault("first_step_at", s.first_step_at)
 
 
-def _finish(s: _Session, state: TrainState, status: str) -> dict:
+def _finish(s: Session, state: TrainState, status: str) -> dict:
     """The record's last word. A diverged run keeps the last finite checkpoint as it is."""
     s.checkpoints.wait()
     if s.progress is not None:
         s.progress.close()
-    if status == run_files.COMPLETED and s.relevance_prior is not None:  # every rank: the APs are gathered
+    if status == run_record.COMPLETED and s.relevance_prior is not None:  # every rank: the APs are gathered
         s.record["relevance"] = relevance.result(state.relevance_centre, s.relevance_prior,
                                                  s.evaluator.prefix_scores(s.model), state.ap_in)
-    if status == run_files.COMPLETED and s.info.is_main:
+    if status == run_record.COMPLETED and s.info.is_main:
         s.record["intrinsic_dim"].update(s.evaluator.gallery_dimensions(s.model))
-    if status == run_files.INTERRUPTED and s.info.is_main:
+    if status == run_record.INTERRUPTED and s.info.is_main:
         checkpoint.save(s.run_dir / run_files.CHECKPOINT, s.model, s.optimizers, state, s.device,
                         s.process_started)
     s.update_record(state, status)
     if s.info.is_main:
-        if status == run_files.COMPLETED:
+        if status == run_record.COMPLETED:
             tensorboard.log_hparams(s.tensorboard(state), s.record["config"], s.record)
         if s.writer is not None:
             s.writer.close()
     return s.record
-
-
-def _choose_output_dim(c: Config, data):
-    """output_dim: auto -> the TwoNN rule of intrinsic.output_dim_for on a sample of the data."""
-    sample = data.sample(c.eval.id_sample)
-    estimates = intrinsic.estimate_all(sample)
-    chosen = intrinsic.output_dim_for(estimates["mle"]["dimension"], c.input_dim)
-    info = {"input": estimates, "sample": sample.shape[0], "output_dim": chosen,
-            "rule": "round(TwoNN MLE) + 1, at least 2, below p"}
-    return replace(c, output_dim=chosen), info
 
 
 def _poll(stop_requested, sums: torch.Tensor, step: int, world: int) -> tuple:
@@ -398,20 +278,12 @@ def _poll(stop_requested, sums: torch.Tensor, step: int, world: int) -> tuple:
         return (stop_requested() if world == 1 else False), False
     flags = torch.stack([torch.tensor(float(stop_requested()), device=sums.device),
                          (~torch.isfinite(sums)).any().float()])
-    stop, non_finite = distributed.all_reduce_sum(flags).tolist()
+    stop, non_finite = collectives.all_reduce_sum(flags).tolist()
     return stop > 0, non_finite > 0
 
 
-def _progress_bar(c: Config, main: bool, start_epoch: int):
-    if not (main and c.run.progress and sys.stderr.isatty()):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=c.max_epochs, initial=start_epoch, unit="epoch", desc=c.run.name or "run", leave=True)
-
-
-def _show_progress(s: _Session, entry: dict) -> None:
-    ap, pca = run_files.fmt(entry["ap"], ".3f"), run_files.fmt(run_files.baseline(s.record, "pca"), ".3f")
+def _show_progress(s: Session, entry: dict) -> None:
+    ap, pca = run_record.fmt(entry["ap"], ".3f"), run_record.fmt(run_record.baseline(s.record, "pca"), ".3f")
     if s.progress is not None:
         s.progress.update(1)
         s.progress.set_postfix(loss=f"{entry['loss']:.4f}", ap=ap, pca=pca,

@@ -1,10 +1,10 @@
 """Optimizers and learning-rate schedules: the lab's optimizer(s), learning_rate, weight_decay and
 lr_schedule.
 
-Used by: train.py, benchmarks.
+Used by: train/loop.py, benchmarks.
 
-Each configured optimizer owns the parameters whose names match its glob (validation.py checks
-that every parameter has exactly one owner) and has its own lr, weight_decay and schedule; loading.py
+Each configured optimizer owns the parameters whose names match its glob (config/validation.py checks
+that every parameter has exactly one owner) and has its own lr, weight_decay and schedule; config/loading.py
 filled those from the top-level keys where the optimizer does not set them. The schedule is a
 multiplier of the optimizer's initial lr, evaluated at the fractional epoch of every step.
 """

@@ -1,7 +1,7 @@
 """How small can the output be, from one run: a relevance prior over the output units
 (relevance_prior: true).
 
-Used by: train.py.
+Used by: train/loop.py.
 
 The prior: the number of output units that are on, K in MIN_UNITS..output_dim, is a log-normal
 of log-scale width SPREAD centred on TwoNN's estimate of the training data's intrinsic dimension,

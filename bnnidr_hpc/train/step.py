@@ -1,7 +1,7 @@
 """The training step: forward, the loss over the global batch's pairs, backward, gradient
 averaging, optimizer step. The hot path: no host synchronisation, no allocation it can avoid.
 
-Used by: train.py, benchmarks (bench_step.py, bench_workloads.py).
+Used by: train/loop.py, benchmarks (bench_step.py, bench_workloads.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import torch
 from bnnidr_hpc.config.schema import Config
 from bnnidr_hpc.model.objectives import PairTargetsAhead, pair_targets, stress_share
 from bnnidr_hpc.model.reducer import Reducer
-from bnnidr_hpc.runtime import distributed
+from bnnidr_hpc.runtime import collectives
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train.optim import Optimizers
 
 
 def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
-              averager: Optional[distributed.GradientAverager] = None):
+              averager: Optional[collectives.GradientAverager] = None):
     """The training step, (this rank's batch x, the global batch or None, a function returning the
     next step's global batch (data.NextBatch) or None, keep: a 0/1 row over the output units or
     None (relevance.py)) -> (stress, KL term), both detached on the device: no host sync. Without
@@ -27,7 +27,7 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
     input distances (the largest product) while it waits for its collectives, and uses them in the
     next call."""
     world = info.world_size
-    averager = averager or distributed.GradientAverager(model)
+    averager = averager or collectives.GradientAverager(model)
     kl_scale = c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
     zero = torch.zeros((), device=next(model.parameters()).device)
     bf16 = c.precision == "bf16"
@@ -46,13 +46,13 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
             if next_full_x is not None else None
         while_waiting = ahead.work_one if ahead is not None else None
         # Without the global batch, gather it; it travels while the forward pass runs.
-        gathered_x = distributed.all_gather_async(x) if full_x is None else None
+        gathered_x = collectives.all_gather_async(x) if full_x is None else None
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
         out = out.float()  # distances of the reduced vectors stay float32: they are cheap
         if keep is not None:
             out = out * keep
-        gathered_out = distributed.all_gather_with_grad_async(out, while_waiting)
+        gathered_out = collectives.all_gather_with_grad_async(out, while_waiting)
         kl = kl_scale * model.kl() if kl_scale else zero  # the parameters alone: before any wait
         if current is not None:
             targets = current.result()

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from bnnidr_hpc.cluster.job import run_local
-from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.data.sources import source
-from bnnidr_hpc.model.objectives import per_query_average_precision
 from bnnidr_hpc.reduce.apply import load_reducer
 from bnnidr_hpc.train import relevance
 from bnnidr_hpc.train.loop import train
+from bnnidr_hpc.train.retrieval import per_query_average_precision
 
 # A small curved sphere (S^3 in 64 dimensions through random Fourier features): its AP needs a
 # handful of the 12 output units, not 1 and not all 12.

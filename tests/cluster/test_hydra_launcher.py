@@ -14,7 +14,7 @@ from conftest import REPO, TINY
 
 from bnnidr_hpc.cluster.hydra_launcher import executor_parameters, profile_parameters
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_files, run_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -156,7 +156,7 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     try:
         # Cancelled once it trains: Slurm says RUNNING before the job's Python has made its run directory.
         deadline = time.time() + 120
-        while not any((run_files.read_record(d) or {}).get("status") == run_files.RUNNING
+        while not any((run_files.read_record(d) or {}).get("status") == run_record.RUNNING
                       for d in (tmp_path / "runs").glob("*")):
             assert time.time() < deadline and proc.poll() is None, "the job never started training"
             time.sleep(1)
@@ -172,5 +172,5 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     (line,) = [line for line in bnnidr_lines(err) if line.startswith("bnnidr-hpc: failed: ")]
     assert f" {run_dir}: job {job} ended without a result (cancelled)" in line, err[-2000:]
-    assert run_files.read_record(run_dir)["status"] == run_files.INTERRUPTED  # checkpointed, resumable
+    assert run_files.read_record(run_dir)["status"] == run_record.INTERRUPTED  # checkpointed, resumable
     assert time.time() - cancelled < 90

@@ -2,8 +2,8 @@ import pytest
 
 from bnnidr_hpc.cluster import job
 from bnnidr_hpc.cluster.job import run_local
-from bnnidr_hpc.config.schema import run_dir_for
-from bnnidr_hpc.runtime import distributed
+from bnnidr_hpc.config.identity import run_dir_for
+from bnnidr_hpc.runtime import collectives, distributed
 
 
 def test_describe_reads_torchrun_slurm_or_nothing():
@@ -54,7 +54,7 @@ def _average_on_two_ranks(rank, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(rank)  # different starting weights on each rank
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    averager = distributed.GradientAverager(model)
+    averager = collectives.GradientAverager(model)
     started = [p.detach().clone() for p in model.parameters()]
     x = torch.randn(4, 3) * (rank + 1)
     (model(x)[:, 0] ** 3).sum().backward()  # different gradients and statistics on each rank

@@ -11,13 +11,14 @@ import sys
 import pytest
 from conftest import REPO
 
-from bnnidr_hpc.records import run_files
-from bnnidr_hpc.records.collect import left_out, main, strong_scaling, weak_scaling
+from bnnidr_hpc.records import run_record
+from bnnidr_hpc.records.collect import main
+from bnnidr_hpc.records.scaling import left_out, strong_scaling, weak_scaling
 
 
 def fake_record(world, epoch_s, n=2000, batch=50, lr=1e-3, status="completed", epochs=3, nodes=1):
     return {
-        "schema": run_files.SCHEMA, "status": status, "world_size": world, "n": n, "p": 128, "d": 5,
+        "schema": run_record.SCHEMA, "status": status, "world_size": world, "n": n, "p": 128, "d": 5,
         "num_nodes": nodes, "num_gpu": world // nodes,
         "batch_size": batch, "epochs_done": epochs if status == "completed" else 1, "max_epochs": epochs,
         "config": {"data": {"n": n, "p": 128, "d": 5}, "batch_size": batch, "learning_rate": lr,
@@ -176,7 +177,7 @@ def test_nothing_readable_exits_1_and_the_script_imports_no_training_code(tmp_pa
 def test_a_trained_run_is_collected_with_the_figures_of_its_record(tiny, capsys):
     """The writer (train) and the reader (collect) share one record schema: a key renamed on one
     side breaks this test, which trains a tiny run and reads it back."""
-    from bnnidr_hpc.config.schema import run_dir_for
+    from bnnidr_hpc.config.identity import run_dir_for
     from bnnidr_hpc.train.loop import train
 
     c = tiny("max_epochs=2")
@@ -349,7 +350,7 @@ def test_json_is_strict_json(tmp_path, capsys):
 
 def test_output_dim_view_sets_reducer_beside_pca_and_marks_the_knee(tiny, capsys):
     from bnnidr_hpc.cluster.job import run_local
-    from bnnidr_hpc.config.schema import run_dir_for
+    from bnnidr_hpc.config.identity import run_dir_for
 
     dirs = []
     for k in (2, 4, 6):  # the tiny sphere is S^3: PCA to d + 1 = 4 keeps every distance
@@ -373,7 +374,7 @@ def test_output_dim_view_sets_reducer_beside_pca_and_marks_the_knee(tiny, capsys
 
 def test_output_dim_view_sets_the_relevance_priors_one_run_estimate_beside_the_sweeps_knee(tiny, capsys):
     from bnnidr_hpc.cluster.job import run_local
-    from bnnidr_hpc.config.schema import run_dir_for
+    from bnnidr_hpc.config.identity import run_dir_for
 
     plain = []
     for k in (2, 4):

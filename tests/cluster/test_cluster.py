@@ -16,6 +16,7 @@ from conftest import REPO, TINY
 from test_slurm import LONG, SGD, ended, record, run_dirs_of, submit, wait_for
 
 from bnnidr_hpc import cli
+from bnnidr_hpc.cluster import planning
 from bnnidr_hpc.cluster import submit as submitting
 from bnnidr_hpc.cluster.status import job_state, run_status
 from bnnidr_hpc.config.loading import load
@@ -105,7 +106,7 @@ def test_a_sweep_slurm_refuses_in_part_names_the_points_and_status_shows_them(tm
     code = cli.main(["submit", *TINY, *GPU, f"run.root={tmp_path}", "--gpus", "1,8"])
     assert code == 2 and "8 GPU(s)" in capsys.readouterr().err and not list(tmp_path.iterdir())
     # sbatch itself refusing one group (as when the cluster changes between check and submit)
-    plan = submitting.plan(None, TINY + GPU + [f"run.root={tmp_path}"], [1, 8], 1)
+    plan = planning.plan(None, TINY + GPU + [f"run.root={tmp_path}"], [1, 8], 1)
     submitted, refused = submitting.submit(plan, local=False, force=False)
     assert len(submitted) == 1 and len(refused) == 1
     (group, why), = refused
@@ -142,7 +143,7 @@ def test_a_job_runs_the_code_as_it_was_at_submission_even_after_a_requeue(tmp_pa
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = run_dirs_of(proc.stdout)
     # the code on disk breaks after submission: importing training now fails
-    train_py = src / "bnnidr_hpc" / "train.py"
+    train_py = src / "bnnidr_hpc" / "train" / "loop.py"
     train_py.write_text("raise ImportError('edited after submission')\n" + train_py.read_text())
     wait_for(lambda: (record(run_dir).get("epochs_done") or 0) >= 3 if (run_dir / "record.json").exists() else False,
              timeout=120, interval=0.2)
@@ -152,7 +153,8 @@ def test_a_job_runs_the_code_as_it_was_at_submission_even_after_a_requeue(tmp_pa
     assert rec["status"] == "completed" and rec["restarts"] == 1, run_status(run_dir)
     frozen = Path(read_job(run_dir)["code"])
     assert rec["code"]["path"] == str(frozen / "bnnidr_hpc") and frozen.parent == run_dir / "code"
-    assert rec["code"]["sha256"] == frozen.name and "edited" not in (frozen / "bnnidr_hpc" / "train.py").read_text()
+    assert rec["code"]["sha256"] == frozen.name
+    assert "edited" not in (frozen / "bnnidr_hpc" / "train" / "loop.py").read_text()
 
 
 def test_a_rendezvous_that_cannot_connect_fails_the_job_fast_naming_address_and_port(tmp_path, capsys):

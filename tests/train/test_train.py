@@ -5,11 +5,11 @@ import torch
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster.job import run_local
-from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
 from bnnidr_hpc.model import objectives
 from bnnidr_hpc.model.reducer import Reducer
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train.loop import train
 from bnnidr_hpc.train.optim import Optimizers, lr_factor
@@ -35,7 +35,7 @@ def test_tiny_run_writes_a_complete_run_directory(tiny):
     assert 0 < on_disk["ap_in"] <= 1 and 0 < on_disk["ap_out"] <= 1
     assert on_disk["versions"]["torch"] == torch.__version__
     assert (rd / "config.yaml").read_text().count("batch_size: 32") == 1
-    assert len((rd / "objectives.jsonl").read_text().splitlines()) == 3
+    assert len((rd / "metrics.jsonl").read_text().splitlines()) == 3
     assert (rd / "checkpoint.pt").exists()
     assert not list(rd.glob(".*.tmp"))  # no temp files left behind
 
@@ -149,7 +149,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path):
     # total_seconds adds each session once: the interrupted one's (kept by the checkpoint), then
     # this one's, from process start to the record's last update
     assert 0 < before_restart["elapsed_s"] <= first["total_seconds"]
-    this_session = resumed["updated_at"] - run_files.process_start_time()
+    this_session = resumed["updated_at"] - run_record.process_start_time()
     assert resumed["total_seconds"] == pytest.approx(before_restart["elapsed_s"] + this_session, rel=1e-9)
     for key in METRICS:
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
@@ -284,7 +284,7 @@ def test_torchrun_ranks_train_one_run_and_a_mismatch_is_one_line(tmp_path):
 def test_every_record_holds_pca_and_random_baselines_with_standard_errors(tiny):
     import math
 
-    from bnnidr_hpc.model.objectives import bootstrap_se
+    from bnnidr_hpc.train.retrieval import bootstrap_se
 
     # The linear embedding spans d + 1 = 4 dimensions: PCA to output_dim 4 keeps every distance.
     c = tiny("output_dim=4", "eval.queries=128")

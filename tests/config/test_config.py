@@ -6,8 +6,9 @@ import torch
 from conftest import CONF
 
 from bnnidr_hpc import cli
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import RunConfig, run_dir_for
+from bnnidr_hpc.config.schema import RunConfig
 from bnnidr_hpc.runtime.errors import ConfigError
 
 # Presets of a user's feature files: their placeholder paths are replaced, and their identity
@@ -90,7 +91,7 @@ def test_run_identity_of_the_shipped_configs_is_pinned():
 
 
 def test_run_identity_is_the_difference_from_the_defaults():
-    from bnnidr_hpc.config.schema import identity
+    from bnnidr_hpc.config.identity import identity
 
     # a value given at its default (as a key added to the schema later would be) changes nothing
     assert run_dir_for(load(None, ["data.noise=0.0", "eval.every=1", "optimizers.0.momentum=0.9"])) == \

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import bnnidr_hpc
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster.job import run_local
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.config.schema import run_dir_for
 
 SMALL = [o for o in TINY if not o.startswith(("data.", "eval.", "output_dim"))] + ["output_dim=8"]
 

@@ -88,7 +88,7 @@ def test_streamed_epoch_matches_its_order_and_covers_each_point_once():
 
 def test_curved_embedding_spans_p_and_pca_to_d_plus_1_loses_ap():
     from bnnidr_hpc.config.loading import load
-    from bnnidr_hpc.model.objectives import mean_average_precision
+    from bnnidr_hpc.train.retrieval import mean_average_precision
 
     c = load(str(CONF / "curved_d5.yaml"), [])
     sphere = Hypersphere(c.data, c.seed)

@@ -8,7 +8,8 @@ import torch
 from conftest import CONF
 
 from bnnidr_hpc import cli
-from bnnidr_hpc.config.schema import DataConfig, run_dir_for
+from bnnidr_hpc.config.identity import run_dir_for
+from bnnidr_hpc.config.schema import DataConfig
 from bnnidr_hpc.data.sources import Hypersphere
 from bnnidr_hpc.train import intrinsic
 from bnnidr_hpc.train.loop import train

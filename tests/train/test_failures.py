@@ -18,7 +18,7 @@ from conftest import TINY
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster import status
-from bnnidr_hpc.config.schema import run_dir_for
+from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.records import run_files
 from bnnidr_hpc.runtime import distributed
 
@@ -64,7 +64,7 @@ def test_a_loss_blow_up_past_the_factor_is_divergence_and_the_finite_checkpoint_
             return (stress * 1000, kl) if calls[0] > 8 else (stress, kl)
         return step
 
-    monkeypatch.setattr("bnnidr_hpc.train.loop.make_step", blowing_up)
+    monkeypatch.setattr("bnnidr_hpc.train.session.make_step", blowing_up)
     c = tiny("run.diverge_factor=10")
     rec = train(c, run_dir_for(c))
     assert rec["status"] == "diverged" and rec["diverged_at"] == {"epoch": 2, "step": None}
@@ -91,9 +91,9 @@ def _rank_that_fails_or_stops(rank, port, c, run_dir, how):
             return inner(*batch)
         return step
 
-    import bnnidr_hpc.train.loop as train_module
+    import bnnidr_hpc.train.session as session_module
 
-    train_module.make_step = flaky
+    session_module.make_step = flaky
     job._local_rank(rank, c, run_dir, port)
 
 
@@ -140,7 +140,7 @@ def test_run_gpus_2_with_a_failing_rank_is_one_line_and_a_failed_record(tmp_path
         "        if d.get_rank() == 1: raise ValueError('rank 1 broke on purpose')\n"
         "        return inner(*b)\n"
         "    return step\n"
-        "import bnnidr_hpc.train.loop as t; t.make_step = flaky\n"
+        "import bnnidr_hpc.train.session as t; t.make_step = flaky\n"
         "from bnnidr_hpc import cli\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(cli.main(sys.argv[1:]))\n")
@@ -344,7 +344,7 @@ def test_slurm_ranks_meet_at_the_first_nodes_address_on_a_port_below_the_ephemer
 
 
 def test_status_leaves_out_run_directories_set_aside_by_force_and_unknown_time_limits_check_nothing(tmp_path):
-    from bnnidr_hpc.cluster.submit import _minutes
+    from bnnidr_hpc.cluster.slurm_queries import _minutes
 
     for name in ("a", "a.replaced-20261203-101010"):
         (tmp_path / name).mkdir()
