@@ -12,9 +12,11 @@ and config.validation checks every value before anything is created.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
+
+from bnnidr_hpc.config.cluster_schema import ClusterConfig, SweepConfig
 
 SCHEMA_NAME = "bnnidr_schema"
 
@@ -28,7 +30,9 @@ SPHERE_N = 2000  # data.n of a synthetic sphere when not given
 DEVICES = ("auto", "cpu", "cuda")
 CPU_MATMUL = ("auto", "blas", "onednn")  # run.cpu_matmul: products.py
 PRECISIONS = ("fp32", "bf16")
-LOSSES = ("stress", "umap")
+LOSSES = ("stress", "umap", "graph")
+GRAPH_METHODS = ("auto", "exact", "faiss_ivf", "faiss_hnsw")
+GRAPH_METRICS = ("euclidean", "cosine")
 # The relevance prior (train/relevance.py) keeps at least this many output units on.
 RELEVANCE_MIN_UNITS = 3
 
@@ -190,57 +194,41 @@ class RunConfig:
 
 
 @dataclass
-class ClusterConfig:
-    """Slurm resources for `bnnidr-hpc submit`: a profile conf/cluster/NAME.yaml, chosen with
-    cluster=NAME. None of these change the trained result.
+class GraphConfig:
+    """The k-nearest-neighbour graph of the training rows (built once per data set, across the
+    ranks, kept in a cache) and the objective on its edges, `loss: graph` (docs/method.md).
 
     Args:
-        name: the profile's name.
-        partition, account, qos, constraint: passed to sbatch when set (constraint: a node
-            feature the cluster defines, not a GPU type; see gpu_type).
-        gres_gpus: ask Slurm for num_gpu GPUs per node (false: CPU-only partitions, gloo ranks).
-        gpu_type: the GPU type of typed gres (e.g. h100: `--gpus-per-node=h100:N`); None: any GPU.
-        cpus_per_task: CPU cores per rank (data generation and the loader run there).
-        mem_gb: memory per node (None: the partition's default).
-        timeout_min: the job's time limit; the job checkpoints and requeues itself before it.
-        signal_delay_s: Slurm sends the warning signal (USR2) this long before the time limit.
-        max_requeues: times a job may requeue itself after a time-out or preemption.
-        setup: shell lines run before the ranks start (module load ..., export NCCL_...=...).
-        sbatch: further sbatch options, e.g. {exclusive: true, mail-type: END}. Jobs are
-            submitted with --requeue unless this holds no-requeue: true.
-        python: the interpreter the job starts, run after the setup lines (e.g. `python` to take
-            the one a `conda activate` there puts on PATH); None: the one that submits.
+        k: neighbours per training row (UMAP's n_neighbors); below data.n.
+        metric: euclidean (after data.normalize) or cosine (rows L2-normalised first).
+        method: exact (blocks of rows against all rows, the training's matrix products), faiss_ivf
+            or faiss_hnsw (approximate, CPU, faiss-cpu), or auto: exact up to exact_max_rows.
+        exact_max_rows: auto's largest exact graph.
+        ivf_lists: faiss_ivf's lists (0: 4 sqrt(n), at most n / 39); ivf_probes: lists searched.
+        hnsw_m: faiss_hnsw's links per node; hnsw_ef_search: its search breadth.
+        recall_sample: rows whose exact neighbours measure an approximate graph's recall@k.
+        cache_dir: where graphs are kept, by what determines them (null: RUN_ROOT/graphs).
+        min_dist, spread: UMAP's output curve 1 / (1 + a d^(2b)), a and b fitted from them.
+        negatives: uniformly drawn negative rows per edge.
+        labels: with data labels, edges between classes are down-weighted as UMAP's categorical
+            target metric does (supervised; reported apart); target_weight is its weight in (0, 1).
     """
 
-    name: str = "local"
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    gres_gpus: bool = True
-    gpu_type: Optional[str] = None
-    cpus_per_task: int = 1
-    mem_gb: Optional[float] = None
-    timeout_min: int = 60
-    signal_delay_s: int = 90
-    max_requeues: int = 3
-    setup: List[str] = field(default_factory=list)
-    sbatch: Dict[str, Any] = field(default_factory=dict)
-    python: Optional[str] = None
-
-
-@dataclass
-class SweepConfig:
-    """A study that `bnnidr-hpc submit CONFIG` runs when the command line does not say otherwise.
-
-    Args:
-        gpus: GPU counts, one job (array) each, unless --gpus is given.
-        grid: key -> comma list (Hydra's sweep syntax), e.g. {batch_size: "128,256"}, unless the
-            command line overrides that key.
-    """
-
-    gpus: List[int] = field(default_factory=list)
-    grid: Dict[str, str] = field(default_factory=dict)
+    k: int = 15
+    metric: str = "euclidean"
+    method: str = "auto"
+    exact_max_rows: int = 200_000
+    ivf_lists: int = 0
+    ivf_probes: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    recall_sample: int = 1000
+    cache_dir: Optional[str] = None
+    min_dist: float = 0.1
+    spread: float = 1.0
+    negatives: int = 5
+    labels: bool = False
+    target_weight: float = 0.5
 
 
 @dataclass
@@ -263,10 +251,11 @@ class Config:
     # distances: the faster matrix units of GPUs and AVX512-BF16/AMX CPUs, at bfloat16's 8-bit
     # mantissa (figures: docs/performance.md)
     precision: str = "fp32"
-    # objective over every pair of the global batch (README, "Model, objective, metrics"): stress (metric MDS,
-    # DeepMDS) or umap (parametric UMAP's cross-entropy of neighbour weights exp(-|x_i - x_j|^2 /
-    # sigma^2), sigma^2 the neighbour_quantile of the squared distances among the batch's first
-    # 128 points: 0.005 is about their 40 closest pairs (README: digits, curved and linear benchmarks)
+    # objective (docs/method.md): over every pair of the global batch, stress (metric MDS, DeepMDS)
+    # or umap (parametric UMAP's cross-entropy of neighbour weights exp(-|x_i - x_j|^2 / sigma^2),
+    # sigma^2 the neighbour_quantile of the squared distances among the batch's first 128 points:
+    # 0.005 is about their 40 closest pairs); or graph: UMAP's cross-entropy on batches of the
+    # k-NN graph's edges with uniform negatives (graph.*)
     loss: str = "umap"
     neighbour_quantile: float = 0.005
     # optimisation
@@ -281,6 +270,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
