@@ -1,6 +1,8 @@
 """A run directory's files: their layout, atomic writes, JSON reading and writing, and the lock that
 keeps one writer per run directory.
 
+Its atomic writer lives in runtime/atomic_files.py (the graph cache of data/ uses it too).
+
 Used by: run_record.py (what goes into record.json), train/ (the loop, its session and
 checkpoints), cluster/ (job, planning, submit, status, lifecycle, hydra_app, hydra_launcher),
 reduce/apply.py, tensorboard.py, record_files.py and cli.py. Standard library only, no torch, no
@@ -25,17 +27,18 @@ Every file is written to a temp file in the same folder and renamed over the old
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
 import os
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
+
+# Re-exported: every writer of a run directory imports them from here.
+from bnnidr_hpc.runtime.atomic_files import FILE_MODE, RunFileError, atomic_write  # noqa: F401
 
 RECORD = "record.json"
 CONFIG = "config.yaml"
@@ -45,48 +48,6 @@ TENSORBOARD = "tb"
 JOB = "job.json"
 LOCK = ".lock"
 MANIFEST = "sweep.json"
-
-
-class RunFileError(OSError):
-    """A run file that could not be written (full disk, permissions); str() is one line."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp makes 0600 files; collaborators on a shared file system read what the umask allows.
-FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over it:
-    the old file stays whole until the new one is. A failed write (ENOSPC...) is one line."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise RunFileError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, RunFileError):
-            name = errno.errorcode.get(exc.errno, "error") if exc.errno else "error"
-            raise RunFileError(exc.errno, f"cannot write {path}: {exc.strerror or exc} ({name}); "
-                               "the file it would replace is kept") from None
-        raise
 
 
 def finite(value: Any) -> Any:
