@@ -14,8 +14,8 @@ import fnmatch
 import math
 import os
 import re
-from pathlib import Path
 
+from bnnidr_hpc.config.graph_checks import check_graph, writable_folder
 from bnnidr_hpc.config.schema import (
     ACTIVATIONS,
     CPU_MATMUL,
@@ -80,6 +80,7 @@ def validate(c: Config) -> None:
     _check_model(c)
     _check_optimisation(c)
     _check_evaluation_and_resources(c)
+    check_graph(c, used=c.loss == "graph")
 
 
 def _check_numbers(node, key: str) -> None:
@@ -268,17 +269,8 @@ def _check_run(c: Config) -> None:
 
 
 def _check_root(root) -> None:
-    """run.root will be created (with its parents) when the run starts: the nearest folder of it
-    that exists must be a directory one can write in. Looked at only; nothing is created here."""
-    try:
-        path = Path(root).resolve()
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, a name too long
-        existing, ok = None, False
-    if not ok:
-        what = "is not a directory" if existing and not existing.is_dir() else "is not writable"
-        _fail("run.root", root, f"a folder that can be created: {existing or root} {what}")
+    """run.root will be created (with its parents) when the run starts."""
+    writable_folder("run.root", root)
 
 
 def _check_schedule(key: str, s: ScheduleConfig) -> None:

@@ -1,0 +1,67 @@
+"""The checks of the graph section (the k-nearest-neighbour graph, `loss: graph`), and of a folder
+that a command will create, before anything is created.
+
+Used by: validation.py (validate: every config; its run.root check is writable_folder), cli.py
+(`bnnidr-hpc neighbours`: the graph's checks as if it were used).
+
+Checks that hold for every config (names, positive counts) run always; those that depend on the
+graph being built (k below data.n, faiss installed, the cache folder writable) run where it is:
+loss=graph, or the neighbours command.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bnnidr_hpc.data.graph_cache import METHODS, METRICS, faiss_installed
+from bnnidr_hpc.runtime.errors import ConfigError
+
+
+def _fail(key: str, value, allowed: str) -> None:
+    raise ConfigError(f"config: {key}={value!r} is not allowed: {allowed}")
+
+
+def _count(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(key, value, "must be a positive integer")
+
+
+def writable_folder(key: str, folder) -> None:
+    """`folder` will be created (with its parents): the nearest folder of it that exists must be a
+    directory one can write in. Looked at only; nothing is created here."""
+    try:
+        path = Path(folder).resolve()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    except (OSError, RuntimeError, ValueError, TypeError):  # a symlink loop, a NUL byte, a name too long
+        existing, ok = None, False
+    if not ok:
+        what = "is not a directory" if existing and not existing.is_dir() else "is not writable"
+        _fail(key, folder, f"a folder that can be created: {existing or folder} {what}")
+
+
+def check_graph(c, used: bool) -> None:
+    """c: the Config; used: the graph will be built (loss=graph, or `bnnidr-hpc neighbours`)."""
+    g = c.graph
+    _count("graph.k", g.k)
+    if g.method not in METHODS:
+        _fail("graph.method", g.method, f"one of {', '.join(METHODS)}")
+    if g.metric not in METRICS:
+        _fail("graph.metric", g.metric, f"one of {', '.join(METRICS)}")
+    for key in ("exact_max_rows", "ivf_probes", "hnsw_m", "hnsw_ef_search", "recall_sample"):
+        _count(f"graph.{key}", getattr(g, key))
+    if isinstance(g.ivf_lists, bool) or not isinstance(g.ivf_lists, int) or g.ivf_lists < 0:
+        _fail("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
+    if g.cache_dir is not None and (not isinstance(g.cache_dir, str) or not g.cache_dir.strip()):
+        _fail("graph.cache_dir", g.cache_dir, "a folder path, or null for RUN_ROOT/graphs")
+    if not used:
+        return
+    if g.k >= c.data.n:
+        _fail("graph.k", g.k, f"must be smaller than data.n={c.data.n} (each row's k nearest other training rows)")
+    if g.method.startswith("faiss") and not faiss_installed():
+        _fail("graph.method", g.method, "faiss is not installed here (pip install faiss-cpu), or use exact or auto")
+    if g.cache_dir is not None:
+        writable_folder("graph.cache_dir", g.cache_dir)
+    else:
+        writable_folder("run.root", Path(c.run.root) / "graphs")
