@@ -9,6 +9,7 @@
   bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
   bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
   bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
+  bnnidr-hpc neighbours [CONFIG] [key=value ...] [--gpus N]        build the k-NN graph alone (graph.*)
 
 Bad input is one line on stderr and exit status 2, before anything is created. This module parses
 arguments, hands each command to the layer that does its work, and turns how it ended into an exit
@@ -222,6 +223,12 @@ def cmd_estimate_id(ns) -> int:
     return 0
 
 
+def cmd_neighbours(ns) -> int:
+    from bnnidr_hpc.cluster.job import neighbours_command
+
+    return neighbours_command(*split_config_and_overrides(ns.args), ns.gpus)
+
+
 def cmd_reduce(ns) -> int:
     from bnnidr_hpc.reduce import apply
 
@@ -289,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--allow-incomplete", action="store_true", help="use the last checkpoint of an unfinished run")
     red.add_argument("--block", type=int, default=None, help=argparse.SUPPRESS)
     red.set_defaults(func=cmd_reduce)
+    nn = sub.add_parser("neighbours", help="build the k-NN graph of a config's training rows into its cache")
+    nn.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    nn.add_argument("--gpus", type=int, default=None, help="ranks on this machine (GPUs, or gloo CPU processes)")
+    nn.set_defaults(func=cmd_neighbours)
     col = sub.add_parser("collect", help="scaling tables from the records under DIR... (tools/collect.py)",
                          add_help=False)
     col.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,6 +1,6 @@
 """What runs on every rank of a job: local ranks, torchrun ranks, or a Slurm job through submitit.
 
-Used by: cli.py (`bnnidr-hpc run [--gpus N]`, also under torchrun), submit.py (SlurmJob is what
+Used by: cli.py (`bnnidr-hpc run [--gpus N]`, also under torchrun; `neighbours`), submit.py (SlurmJob is what
 submitit pickles), hydra_app.py.
 
 Every rank calls the same `train`, which resumes from the run directory's checkpoint, so the first
@@ -132,6 +132,60 @@ def _local_rank(rank: int, c: Config, run_dir: str, port: int) -> None:
     env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(c.world_size),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     train(c, Path(run_dir), distributed.describe(env), StopFlag((signal.SIGTERM, signal.SIGINT)))
+
+
+def neighbours_command(config_path: Optional[str], overrides: list, gpus: Optional[int]) -> int:
+    """`bnnidr-hpc neighbours [CONFIG] [key=value ...] [--gpus N]`: the graph's checks as if it
+    were used (one line, exit 2, before anything is created), the build, rank 0's summary; its
+    exit status."""
+    from bnnidr_hpc.config.graph_checks import check_graph
+    from bnnidr_hpc.config.loading import load
+    from bnnidr_hpc.train.graph_stage import summary_line
+
+    c = load(config_path, overrides + ([] if gpus is None else [f"num_gpu={gpus}"]))
+    check_graph(c, used=True)
+    try:
+        found = neighbours_local(c)
+    except (RunFailed, OSError) as exc:
+        print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
+        return 1
+    if distributed.describe().is_main:  # under torchrun, rank 0 alone speaks
+        print(summary_line(found))
+    return 0
+
+
+def neighbours_local(c: Config) -> dict:
+    """`bnnidr-hpc neighbours`: build c's k-NN graph on c.world_size ranks here, started as
+    run_local starts them (this process, torchrun's ranks, or spawned ones); rank 0's summary."""
+    from bnnidr_hpc.train import graph_stage
+
+    check_local(c)
+    make_root(c.run.root)
+    launched = distributed.describe()
+    if launched.source == "torch":
+        return graph_stage.build_alone(c, launched)
+    if c.world_size == 1:
+        return graph_stage.build_alone(c, distributed.describe({}))
+    if not c.run.threads:
+        c = replace(c, run=replace(c.run, threads=max(1, (os.cpu_count() or 1) // c.world_size)))
+    results = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.start_processes(_neighbours_rank, args=(c, distributed.free_port(), results), nprocs=c.world_size,
+                           start_method="spawn")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        lines = [line for line in str(getattr(exc, "msg", exc)).splitlines() if line.strip()]
+        raise RunFailed(f"rank {getattr(exc, 'error_index', '?')}: {lines[-1].strip() if lines else exc}") from None
+    return results.get()
+
+
+def _neighbours_rank(rank: int, c: Config, port: int, results) -> None:
+    from bnnidr_hpc.train import graph_stage
+
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(c.world_size),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    found = graph_stage.build_alone(c, distributed.describe(env))
+    if rank == 0:
+        results.put(found)
 
 
 # ----------------------------------------------------------------------------- Slurm job

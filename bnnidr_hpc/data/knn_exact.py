@@ -10,9 +10,12 @@ and held on the device only when they fit in data.cache_gb. The query and key gr
 alone, so a build resumed with another number of ranks reuses the finished blocks, and a row's
 neighbours do not depend on which rank computed them.
 
-At precision bf16 the products run in bfloat16 (half the bytes, the tensor cores' rate), which
-blurs distances by about 2^-8 of the rows' norms: the running top-k keeps 2k candidates, whose
-float32 distances then pick the k.
+The expansion loses the small distances to cancellation (float32: |a|^2 ~ 1 leaves a distance of
+0.01 about 0.1 % off), and the nearest distance is what the fuzzy graph's rho is: the chosen rows'
+distances are measured again as differences (k rows per query, against the n of the search). At
+precision bf16 the products take bfloat16 operands (half the bytes, the tensor cores' rate) and sum
+in float32, which blurs distances by about 2^-9 of the rows' norms over sqrt(p): the running top-k
+keeps 2k candidates, whose measured distances pick the k.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bnnidr_hpc.runtime import products
 
 QUERY_BLOCK = 2048  # query rows per block (a part file); 2048 x KEY_BLOCK float32 distances: 64 MiB
 KEY_BLOCK = 8192
-REFINE_ROWS = 256   # bf16's candidates are re-measured this many query rows at a time
+REFINE_ROWS = 256   # the candidates are measured again this many query rows at a time
 
 
 class GraphRows:
@@ -98,18 +101,31 @@ def nearest(rows: GraphRows, queries: torch.Tensor, query_ids: torch.Tensor, k: 
     query_norms = queries.square().sum(1)
     left = queries.bfloat16() if bf16 else queries
     for start, keys, key_norms in rows.key_blocks():
-        product = (left @ keys.bfloat16().T).float() if bf16 else products.mm(left, keys.T)
+        product = _bf16_product(left, keys) if bf16 else products.mm(left, keys.T)
         d2 = product.mul_(-2).add_(query_norms[:, None]).add_(key_norms[None, :])
         key_ids = torch.arange(start, start + keys.shape[0], device=device)
         d2.masked_fill_(query_ids[:, None] == key_ids[None, :], math.inf)  # a row is not its own neighbour
         best_d, best_i = _merge(best_d, best_i, d2, start, keep)
-    if bf16:
-        best_d, best_i = _refine(rows, queries, best_i, k)
+    best_d, best_i = _refine(rows, queries, best_i, k)
     return best_d.clamp_min_(0).sqrt_(), best_i
 
 
+def _bf16_product(left: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """left @ keys^T from bfloat16 operands, summed and returned in float32: a bfloat16 result
+    would round the products themselves (2^-9 of |a||b|, more than the neighbours' distances of
+    dense data). On a GPU cuBLAS does it (mm's out_dtype); elsewhere the same arithmetic runs in
+    float32 on the rounded operands, the same neighbours without the speed."""
+    right = keys.bfloat16()
+    if left.device.type == "cuda":
+        try:
+            return torch.mm(left, right.T, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without mm's out_dtype
+            pass
+    return products.mm(left.float(), right.float().T)
+
+
 def _refine(rows: GraphRows, queries: torch.Tensor, candidates: torch.Tensor, k: int):
-    """The k nearest of each query's candidates by float32 distances, taken one by one."""
+    """The k nearest of each query's candidates by squared float32 differences, nearest first."""
     out_d, out_i = [], []
     for lo in range(0, queries.shape[0], REFINE_ROWS):
         cand = candidates[lo:lo + REFINE_ROWS]

@@ -29,12 +29,12 @@ from typing import Dict, List, Optional, Tuple
 from bnnidr_hpc.records import run_record
 from bnnidr_hpc.records.scaling import collect, group_key, left_out, strong_scaling, weak_scaling
 
-COLUMNS = ["group", "n", "p", "d", "batch_size", "nodes", "gpus_per_node", "gpu", "runs", "epoch_s", "total_s",
-           "first_epoch_s", "first_step_s", "steps_per_epoch", "samples_per_s", "samples_per_s_per_gpu", "speedup",
-           "efficiency", "final_loss", "ap", "ap_pca", "ap_retention"]
+COLUMNS = ["group", "n", "p", "d", "batch_size", "nodes", "gpus_per_node", "gpu", "runs", "graph_s", "epoch_s",
+           "total_s", "first_epoch_s", "first_step_s", "steps_per_epoch", "samples_per_s", "samples_per_s_per_gpu",
+           "speedup", "efficiency", "final_loss", "ap", "ap_pca", "ap_retention"]
 HEADERS = {"group": "group", "n": "n", "p": "p", "d": "d", "batch_size": "batch size", "nodes": "nodes",
            "gpus_per_node": "gpus/node", "gpu": "gpu",
-           "runs": "runs", "epoch_s": "epoch runtime (s)", "total_s": "total runtime (s)",
+           "runs": "runs", "graph_s": "graph (s)", "epoch_s": "epoch runtime (s)", "total_s": "total runtime (s)",
            "first_epoch_s": "first epoch (s)", "first_step_s": "first step (s)", "steps_per_epoch": "steps/epoch",
            "samples_per_s": "samples/s", "samples_per_s_per_gpu": "samples/s/gpu", "speedup": "speedup",
            "efficiency": "efficiency", "final_loss": "loss", "ap": "AP",

@@ -1,7 +1,7 @@
 """The one schema of a run's record.json, for the writer and every reader: what a record holds,
 how training builds and updates it, and how readers judge and show it.
 
-Used by: train/ (start_record, update_record, the statuses), cluster/job.py (mark_failed),
+Used by: train/ (start_record, graph_fields, update_record, the statuses), cluster/job.py (mark_failed),
 cluster/planning.py and cluster/submit.py (code_state names the frozen code), cluster/status.py,
 cluster/hydra_app.py, cluster/hydra_launcher.py, reduce/apply.py, collect's scaling.py, collect.py
 and output_dim_view.py, summary.py, cli.py. Standard library only at import time, no training code
@@ -124,6 +124,15 @@ def start_record(c: "Config", config_dict: dict, run_dir: Path, *, device_type: 
         "versions": versions(), "git": git_state(), "code": code_state(),
         "intrinsic_dim": intrinsic_dim,
     }
+
+
+def graph_fields(graph) -> dict:
+    """loss: graph: the k-NN graph stage (a data.neighbours.KnnGraph) as the record's figures;
+    graph_seconds is this session's build (0 when the cache had it), the stage collect shows
+    beside the epochs."""
+    return {"graph_method": graph.method, "graph_seconds": graph.seconds, "graph_rows_per_s": graph.rows_per_s,
+            "graph_recall": graph.recall, "graph_reused": graph.reused, "graph_k": int(graph.indices.shape[1]),
+            "graph_path": graph.path}
 
 
 def update_record(record: dict, state, status: str, session_started: float,

@@ -54,6 +54,8 @@ _host_names = lambda v: isinstance(v, list) and bool(v) and all(isinstance(h, st
 OPTIONAL = {"d": _count,  # None for feature files: their intrinsic dimension is not known
             "total_seconds": _positive, "first_epoch_seconds": _positive, "time_to_first_step_s": _positive,
             "samples_per_s": _positive, "samples_per_s_per_gpu": _positive, "steps_per_epoch": _count,
+            # loss: graph: the k-NN graph stage of the session, 0 where its cache had the graph
+            "graph_seconds": lambda v: _finite(v) and v >= 0,
             "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite,
             "hosts": _host_names}  # every rank's host name, index = rank (older records: none)
 # The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
@@ -195,6 +197,7 @@ def _row(group: str, nodes_gpus: Tuple[int, int], runs: List[dict], base: Option
             "nodes": nodes, "gpus_per_node": per_node, "gpu": nodes * per_node, "hosts": _hosts(runs),
             "runs": len(runs), "epoch_s": epoch_s, "total_s": med("total_seconds"),
             "first_epoch_s": med("first_epoch_seconds"), "first_step_s": med("time_to_first_step_s"),
+            "graph_s": med("graph_seconds"),
             "steps_per_epoch": _ok(first, "steps_per_epoch"), "samples_per_s": med("samples_per_s"),
             "samples_per_s_per_gpu": med("samples_per_s_per_gpu"), "speedup": speedup,
             "efficiency": _ratio(speedup, nodes * per_node), "final_loss": med("final_loss"), "ap": med("ap_out"),

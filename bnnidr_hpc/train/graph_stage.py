@@ -1,0 +1,74 @@
+"""The k-nearest-neighbour graph stage of a run: where its cache is, the build call with the run's
+settings, and the graph built alone (`bnnidr-hpc neighbours`) on each rank.
+
+Used by: train/session.py (loss: graph, before the first epoch), cluster/job.py (`neighbours` on
+local ranks, under torchrun, or alone), cli.py (summary_line).
+
+The graph itself (exact across the ranks, or FAISS; its cache and resume) is data/neighbours.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bnnidr_hpc.config.schema import Config
+from bnnidr_hpc.data.neighbours import KnnGraph, build_graph
+from bnnidr_hpc.data.sources import source
+from bnnidr_hpc.runtime import distributed, products
+from bnnidr_hpc.runtime.distributed import DistInfo
+
+
+def cache_root(c: Config) -> Path:
+    """graph.cache_dir, else RUN_ROOT/graphs: every run and sweep point under one root shares it."""
+    return Path(c.graph.cache_dir) if c.graph.cache_dir else Path(c.run.root) / "graphs"
+
+
+def build(c: Config, data, info: DistInfo, device: torch.device) -> KnnGraph:
+    """The run's graph of its training rows (data: its source), with a progress bar on rank 0 at a
+    terminal."""
+    progress = c.run.progress and info.is_main and sys.stderr.isatty()
+    return build_graph(data, c.graph, info, device, cache_root(c), progress=progress, precision=c.precision)
+
+
+def summary(graph: KnnGraph) -> dict:
+    """What the neighbours command prints (and a spawned rank 0 hands back to its parent)."""
+    return {"path": graph.path, "method": graph.method, "seconds": graph.seconds, "rows_per_s": graph.rows_per_s,
+            "recall": graph.recall, "reused": graph.reused, "n": int(graph.indices.shape[0]),
+            "k": int(graph.indices.shape[1])}
+
+
+def summary_line(s: dict) -> str:
+    how = "read from the cache" if s["reused"] else f"built in {s['seconds']:.2f} s"
+    recall = "-" if s["recall"] is None else f"{s['recall']:.4f}"
+    return (f"k-NN graph of {s['n']} rows, k={s['k']}: {s['path']}\n"
+            f"method {s['method']}, {how}, {s['rows_per_s']:,.0f} rows/s, recall@{s['k']} {recall}")
+
+
+def build_alone(c: Config, info: DistInfo) -> dict:
+    """One rank of `bnnidr-hpc neighbours`: join the other ranks (a lost one ends this process,
+    as in training), build the graph, leave; its summary()."""
+    def on_lost(rank: int, message: str) -> None:
+        print(f"bnnidr-hpc: {message}; ending the graph build", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    device = distributed.pick_device(info, c.run.device)
+    threads = c.run.threads or info.cpus_per_task
+    if threads:
+        torch.set_num_threads(threads)
+    products.use(c.run.cpu_matmul)
+    watchdog = distributed.init(info, device, c.run.rank_timeout_s, on_lost)
+    try:
+        graph = build(c, source(c.data, c.seed, device), info, device)
+    except BaseException as exc:
+        if watchdog is not None:
+            watchdog.post_error(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+        distributed.shutdown(together=False)
+        raise
+    if watchdog is not None:
+        watchdog.stop()
+    distributed.shutdown()
+    return summary(graph)
