@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub_ = sub.add_parser("submit", help="submit Slurm job(s) through submitit; comma lists make a sweep")
     sub_.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     sub_.add_argument("--gpus", type=str, default=None, help="GPUs (= ranks) per node; 1,2,4 submits each")
-    sub_.add_argument("--nodes", type=int, default=1, help="nodes per job")
+    sub_.add_argument("--nodes", type=int, default=None, help="nodes per job (default: the config's num_nodes)")
     sub_.add_argument("--dry-run", action="store_true",
                       help="validate, print configs and sbatch scripts, submit nothing")
     sub_.add_argument("--check", action="store_true",

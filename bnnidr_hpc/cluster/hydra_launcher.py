@@ -42,6 +42,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnnidr_hpc.cluster.sbatch import gpu_request, job_python, sbatch_options
+from bnnidr_hpc.cluster.slurm_nodes import resolve_gpu_request
 from bnnidr_hpc.cluster.slurm_queries import last_line
 from bnnidr_hpc.cluster.status import TERMINAL, last_error_line
 from bnnidr_hpc.config.identity import run_dir_for
@@ -88,6 +89,7 @@ def profile_parameters(c: Config, launcher: Dict[str, Any], slurm: bool = True) 
     params = {k: v for k, v in launcher.items() if k != "_target_"}
     if not slurm:
         return params
+    resolve_gpu_request(c)  # gres_gpus unset: GPUs where the partition has them
     cl = c.cluster
     extra = sbatch_options(cl.sbatch, params.get("additional_parameters") or {})
     gpus_given = any(params.get(k) is not None for k in ("gpus_per_node", "gres", "gpus_per_task")) or any(

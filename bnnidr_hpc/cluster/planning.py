@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from bnnidr_hpc.cluster.slurm_nodes import resolve_gpu_request
 from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import compose, load
 from bnnidr_hpc.config.schema import Config
@@ -75,14 +76,18 @@ def expand_sweep(overrides: List[str]) -> List[List[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
 
 
-def plan(config_path: Optional[str], overrides: List[str], gpus: Optional[List[int]], nodes: int) -> Plan:
-    """Every point of the submission, validated; nothing is created."""
-    if nodes < 1:
+def plan(config_path: Optional[str], overrides: List[str], gpus: Optional[List[int]],
+         nodes: Optional[int] = None) -> Plan:
+    """Every point of the submission, validated; nothing is created. nodes: --nodes, else the
+    config's num_nodes."""
+    if nodes is not None and nodes < 1:
         raise ConfigError(f"--nodes={nodes} is not allowed: a positive integer")
     from omegaconf import OmegaConf
 
     # The config's own sweep preset (read, not validated: the sweep's values are not in yet).
-    preset = OmegaConf.to_object(compose(config_path, [o for o in overrides if "," not in o]).sweep)
+    composed = compose(config_path, [o for o in overrides if "," not in o])
+    _check_nodes(nodes, composed.num_nodes, overrides)
+    preset = OmegaConf.to_object(composed.sweep)
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = overrides + [f"{k}={v}" for k, v in preset.grid.items() if k not in given]
     combos = expand_sweep(overrides)
@@ -90,18 +95,29 @@ def plan(config_path: Optional[str], overrides: List[str], gpus: Optional[List[i
     sweep_dir = None
     if len(combos) * len(gpus_list) > 1:
         first = load(config_path, combos[0])
+        # nodes `or 1`: the digests of sweeps submitted before --nodes was optional stay the same
         spec = {"config": str(Path(config_path).resolve()) if config_path else None, "gpus": gpus_list,
-                "nodes": nodes, "overrides": overrides}
+                "nodes": nodes or 1, "overrides": overrides}
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
         sweep_dir = Path(first.run.root).resolve() / f"{first.run.name or 'default'}-sweep-{digest}"
-    points = []
+    points, partitions_with_gpus = [], {}
     for g in gpus_list:
         for combo in combos:
-            extra = [f"num_nodes={nodes}"] + ([f"num_gpu={g}"] if g else [])
+            extra = ([f"num_nodes={nodes}"] if nodes else []) + ([f"num_gpu={g}"] if g else [])
             extra += [f"run.root={sweep_dir}"] if sweep_dir else []
             c = load(config_path, combo + extra)
+            resolve_gpu_request(c, partitions_with_gpus)
             points.append(Point(c, run_dir_for(c).absolute()))  # a job's working directory may differ
     return Plan(points, sweep_dir)
+
+
+def _check_nodes(nodes: Optional[int], num_nodes, overrides: List[str]) -> None:
+    """--nodes and a num_nodes the config or an override sets must agree (the schema's default
+    of 1 gives way to --nodes)."""
+    given = any(o.split("=", 1)[0].lstrip("+") == "num_nodes" for o in overrides)
+    if nodes is not None and num_nodes != nodes and (given or num_nodes != Config.num_nodes):
+        raise ConfigError(f"--nodes={nodes} is not allowed: the config says num_nodes={num_nodes}; "
+                          "give one of them (or the same value)")
 
 
 def classify(p: Plan, force: bool) -> None:

@@ -7,7 +7,8 @@ benchmarks/bench_tooling.py (slurm_available).
 
 Before anything is submitted every group is tried with `sbatch --test-only` and its time limit
 compared with the partition's, so a point the cluster would refuse stops the whole submission with
-Slurm's reason. Every command runs with a timeout and a failure to run it reads as Slurm's answer.
+Slurm's reason, the limit it is over (slurm_nodes.limit_detail) and the cluster asked. Every
+command runs with a timeout and a failure to run it reads as Slurm's answer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import List, Optional, Tuple
 
 from bnnidr_hpc.cluster.planning import Plan, Point
 from bnnidr_hpc.cluster.sbatch import sbatch_script
+from bnnidr_hpc.cluster.slurm_nodes import limit_detail
 from bnnidr_hpc.config.schema import Config
 
 
@@ -36,11 +38,20 @@ def check(p: Plan, groups: List[List[Point]]) -> List[Tuple[List[Point], Optiona
             proc = _slurm(["sbatch", "--test-only", script.name])
         answer = last_line(proc.stderr + proc.stdout)
         if proc.returncode != 0:
-            results.append((group, slurm_reason(answer), ""))
+            results.append((group, _with_limit(group[0].config, slurm_reason(answer)), ""))
             continue
         partition = (re.search(r"in partition (\S+)", answer) or [None, ""])[1]
         results.append((group, _over_time_limit(group[0].config, partition), answer.replace("sbatch: ", "")))
     return results
+
+
+def _with_limit(c: Config, reason: str) -> str:
+    """Slurm's reason, with the limit the request is over and the cluster that was asked."""
+    ident = cluster_identity()
+    where = f"cluster {ident['slurm_cluster'] or '?'} (SLURM_CONF={ident['slurm_conf']})"
+    if "node configuration is not available" in reason or "Invalid generic resource" in reason:
+        return f"{reason}: {limit_detail(c)}; {where}"
+    return f"{reason}; {where}"
 
 
 def _over_time_limit(c: Config, partition: str) -> Optional[str]:

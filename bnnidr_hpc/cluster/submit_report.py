@@ -36,21 +36,47 @@ def show_actions(plan: planning.Plan) -> None:
             print(f"resuming from its checkpoint: {point.run_dir}")
 
 
+def profile_named(c) -> str:
+    """Which profile a group used, as messages name it."""
+    cl = c.cluster
+    return f"cluster={cl.name} ({cl.profile_path})" if cl.profile_path else f"cluster={cl.name} (no profile given)"
+
+
+# Under this, a job gets its warning signal (and checkpoints, and requeues) soon after it starts.
+MIN_WORK_S = 60
+
+
+def short_limit_warnings(plan: planning.Plan) -> list:
+    """One line per profile whose time limit leaves under a minute before the warning signal."""
+    lines = {}
+    for point in plan.points:
+        cl = point.config.cluster
+        left = cl.timeout_min * 60 - cl.signal_delay_s
+        if left < MIN_WORK_S:
+            lines[cl.name] = (f"bnnidr-hpc: warning: cluster.timeout_min={cl.timeout_min} x 60 - "
+                              f"cluster.signal_delay_s={cl.signal_delay_s} leaves {left} s before the warning "
+                              f"signal: each start trains under {MIN_WORK_S} s, then checkpoints and requeues (at "
+                              f"most cluster.max_requeues={cl.max_requeues} times); raise timeout_min or lower "
+                              "signal_delay_s")
+    return list(lines.values())
+
+
 def check_and_submit(plan: planning.Plan, local: bool, force: bool, check_only: bool) -> bool:
     """Ask the cluster about every group first (sbatch --test-only, partition limits); submit only
     if it would take them all. Each refusal is one line; False when there was one."""
     groups = plan.groups.values() if check_only else planning.pending_groups(plan)
+    for line in short_limit_warnings(plan):
+        print(line, file=sys.stderr)
     refusals = 0
     for group, refusal, where in ([] if local else slurm_queries.check(plan, list(groups))):
-        c = group[0].config
-        shape = f"{len(group)} run(s), {c.num_nodes} node(s) x {c.num_gpu} GPU(s), cluster={c.cluster.name}"
+        shape = f"{len(group)} run(s), {group[0].config.num_nodes} node(s) x {group[0].config.num_gpu} GPU(s), " \
+                f"{profile_named(group[0].config)}"
         if refusal:
-            refusals += 1
-            print(f"bnnidr-hpc: submit: Slurm would refuse {shape}: {refusal}", file=sys.stderr)
+            refusals += 1  # one line each, the whole verdict in it
+            print(f"bnnidr-hpc: submit: Slurm would refuse {shape}: {refusal}; nothing submitted", file=sys.stderr)
         elif check_only:
             print(f"ok: {shape}: {where}")
     if refusals:
-        print("bnnidr-hpc: nothing submitted", file=sys.stderr)
         return False
     if check_only:
         print(f"check: {len(plan.points)} run(s) the cluster would take, nothing submitted")

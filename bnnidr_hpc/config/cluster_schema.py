@@ -13,14 +13,16 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class ClusterConfig:
-    """Slurm resources for `bnnidr-hpc submit`: a profile conf/cluster/NAME.yaml, chosen with
-    cluster=NAME. None of these change the trained result.
+    """Slurm resources for `bnnidr-hpc submit`: a profile NAME.yaml or a path, chosen with
+    cluster=NAME|PATH (config.profiles says where it is looked for). None of these change the trained result.
 
     Args:
-        name: the profile's name.
+        name: the profile's name (its file's stem unless it says one); `builtin` without a profile.
         partition, account, qos, constraint: passed to sbatch when set (constraint: a node
             feature the cluster defines, not a GPU type; see gpu_type).
-        gres_gpus: ask Slurm for num_gpu GPUs per node (false: CPU-only partitions, gloo ranks).
+        gres_gpus: ask Slurm for num_gpu GPUs per node (false: CPU-only partitions, gloo ranks);
+            unset (the built-in default): GPUs where the partition has them, asked of the cluster
+            at submission (cluster.slurm_nodes).
         gpu_type: the GPU type of typed gres (e.g. h100: `--gpus-per-node=h100:N`); None: any GPU.
         cpus_per_task: CPU cores per rank (data generation and the loader run there).
         mem_gb: memory per node (None: the partition's default).
@@ -32,14 +34,15 @@ class ClusterConfig:
             submitted with --requeue unless this holds no-requeue: true.
         python: the interpreter the job starts, run after the setup lines (e.g. `python` to take
             the one a `conda activate` there puts on PATH); None: the one that submits.
+        profile_path: the file the profile was read from (set by config.profiles; messages name it).
     """
 
-    name: str = "local"
+    name: str = "builtin"
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
-    gres_gpus: bool = True
+    gres_gpus: Optional[bool] = None
     gpu_type: Optional[str] = None
     cpus_per_task: int = 1
     mem_gb: Optional[float] = None
@@ -49,6 +52,7 @@ class ClusterConfig:
     setup: List[str] = field(default_factory=list)
     sbatch: Dict[str, Any] = field(default_factory=dict)
     python: Optional[str] = None
+    profile_path: Optional[str] = None
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import List, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from bnnidr_hpc.config.derive import derive_from_data
+from bnnidr_hpc.config.profiles import find_profile, profile_node
 from bnnidr_hpc.config.raw_checks import (
-    check_cluster_profiles,
     check_raw_overrides,
     check_yaml,
     leaves,
@@ -32,6 +32,9 @@ from bnnidr_hpc.runtime.errors import ConfigError
 # A config file not named *.yaml is composed from Hydra's ConfigStore under this name (Hydra
 # finds primary configs by NAME.yaml only); nothing is written next to the file.
 _STORED_PRIMARY = "_bnnidr_primary_config"
+# The cluster profile cluster=NAME|PATH found (config.profiles), stored in the `cluster` group
+# under this name wherever the file lives.
+_STORED_PROFILE = "_bnnidr_cluster_profile"
 
 
 def compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
@@ -53,8 +56,7 @@ def _compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
         conf_dir, name = _builtin_conf_dir(), SCHEMA_NAME
     else:
         conf_dir, name = _primary(config_path)
-    check_cluster_profiles(conf_dir, overrides)
-    overrides = [f"+{o}" if o.startswith("cluster=") else o for o in overrides]
+    overrides = _with_profile(conf_dir, overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
@@ -68,6 +70,22 @@ def _compose(config_path: Optional[str], overrides: List[str]) -> DictConfig:
     if config_path is not None and not (cfg.run.name or "").strip():
         cfg.run.name = Path(config_path).stem
     return cfg
+
+
+def _with_profile(conf_dir: str, overrides: List[str]) -> List[str]:
+    """cluster=NAME|PATH becomes the stored profile, merged after the config's own keys (as a
+    `+group=option` is) and before any cluster.KEY=VALUE override."""
+    from hydra.core.config_store import ConfigStore
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("cluster=")]
+    rest = [o for o in overrides if not o.startswith("cluster=")]
+    if not chosen:
+        return rest
+    if len(chosen) > 1:
+        raise ConfigError(f"config: cluster= is given {len(chosen)} times ({', '.join(chosen)}); give one profile")
+    node = profile_node(find_profile(conf_dir, chosen[0]))
+    ConfigStore.instance().store(group="cluster", name=_STORED_PROFILE, node=node)
+    return [f"+cluster={_STORED_PROFILE}", *rest]
 
 
 def _register_schema() -> None:

@@ -2,7 +2,7 @@
 override adds - for what OmegaConf would convert or drop silently, and Hydra's and OmegaConf's
 multi-line errors made into one ConfigError line.
 
-Used by: config.loading (compose and to_config).
+Used by: config.loading (compose and to_config), config.profiles (a cluster profile's YAML).
 
 The typed Config no longer shows a boolean given as 2 (OmegaConf makes it true) or a key added with
 +key=value (OmegaConf.to_object drops it), so these are refused before conversion, against the
@@ -107,14 +107,17 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
-def check_cluster_profiles(conf_dir: str, overrides: List[str]) -> None:
-    # cluster=NAME picks the profile conf/cluster/NAME.yaml (a Hydra group merged onto the schema).
-    for o in overrides:
-        if o.startswith("cluster="):
-            profiles = sorted(p.stem for p in Path(conf_dir, "cluster").glob("*.yaml"))
-            if o.split("=", 1)[1] not in profiles:
-                raise ConfigError(f"config: cluster={o.split('=', 1)[1]!r} is not allowed: a profile in "
-                                  f"{conf_dir}/cluster/, one of {', '.join(profiles) or '(none there)'}")
+def check_profile_yaml(path: Path) -> dict:
+    """A cluster profile's keys (config.profiles), checked as a config file's are."""
+    loaded = _read_yaml(path)
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config: cluster profile {path} must hold a mapping of cluster keys, "
+                          f"got {type(loaded).__name__}")
+    _check_depth(f"{path}", loaded)
+    _check_booleans([("cluster", loaded)])
+    return loaded
 
 
 def _check_booleans(items) -> None:

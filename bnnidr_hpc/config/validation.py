@@ -228,9 +228,11 @@ def _check_evaluation_and_resources(c: Config) -> None:
         _positive("cluster.mem_gb", cl.mem_gb, float)
     for g in c.sweep.gpus:
         _positive("sweep.gpus", g)
+    if cl.signal_delay_s >= cl.timeout_min * 60:  # the warning would come before the job could start
+        _fail("cluster.signal_delay_s", cl.signal_delay_s, f"under cluster.timeout_min x 60 = {cl.timeout_min * 60} s")
     if cl.gpu_type is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(cl.gpu_type)):
         _fail("cluster.gpu_type", cl.gpu_type, "a GPU type as the cluster's gres names it, e.g. a100 or h100")
-    if cl.gpu_type is not None and not cl.gres_gpus:
+    if cl.gpu_type is not None and cl.gres_gpus is False:
         _fail("cluster.gpu_type", cl.gpu_type, "only with cluster.gres_gpus=true (a GPU type asks Slurm for GPUs)")
     if cl.python is not None and (not isinstance(cl.python, str) or not cl.python.strip()):
         _fail("cluster.python", cl.python, "an interpreter command, e.g. python or /path/to/env/bin/python")

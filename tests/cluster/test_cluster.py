@@ -87,7 +87,7 @@ def test_the_dry_run_prints_exactly_the_script_submitit_submits(tmp_path, capsys
 
 
 @pytest.mark.parametrize("extra,reason", [
-    ([], "Requested node configuration is not available"),  # GPUs asked of the CPU-only default partition
+    (["cluster.gres_gpus=true"], "Requested node configuration is not available"),  # GPUs of the CPU partition
     (["cluster=local_gpu", "cluster.gpu_type=a100"], "Requested node configuration is not available"),
     (["cluster=local_gpu", "cluster.timeout_min=500"], "over partition gpu's MaxTime of 120 min"),
     (["cluster=local_gpu", "cluster.partition=nosuch"], "nvalid partition"),
@@ -97,7 +97,7 @@ def test_check_and_submit_refuse_what_the_cluster_would_not_run(tmp_path, capsys
     for mode in ("--check", None):
         code = cli.main(["submit", *args] + ([mode] if mode else []))
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and reason in err[0] and err[-1] == "bnnidr-hpc: nothing submitted"
+        assert code == 2 and len(err) == 1 and reason in err[0] and err[0].endswith("; nothing submitted")
         assert not (tmp_path / "runs").exists()
 
 

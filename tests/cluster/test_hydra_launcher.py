@@ -91,7 +91,9 @@ def test_the_parameters_follow_the_profile():
     gpu = params("cluster=local_gpu", "num_gpu=3", "cluster.mem_gb=2")
     assert gpu["gpus_per_node"] == "h100:3" and gpu["mem_gb"] == 2
     assert executor_parameters(gpu, "slurm")["slurm_gpus_per_node"] == "h100:3"  # past submitit's int check
-    assert params("num_gpu=2")["gpus_per_node"] == 2  # the schema's profile: any GPU type
+    assert params("num_gpu=2", "cluster.gres_gpus=true")["gpus_per_node"] == 2  # any GPU type
+    # the built-in profile asks the default partition (cpu, no GPUs) for none
+    assert "gpus_per_node" not in params("num_gpu=2")
     kept = params("cluster=local_exclusive", "+cluster.sbatch.no_requeue=true")["additional_parameters"]
     assert kept == {"exclusive": True, "no-requeue": True}
     # what the launcher config itself sets wins over the profile
