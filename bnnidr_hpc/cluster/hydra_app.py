@@ -4,8 +4,10 @@
   python -m bnnidr_hpc.cluster.hydra_app --config-dir conf --config-name hps_00040 -m \\
       hydra/launcher=bnnidr_slurm +cluster=local_gpu num_gpu=2 batch_size=50,100
 
-conf/hydra/launcher/bnnidr_slurm.yaml (and bnnidr_local.yaml) are hydra-submitit-launcher's
-submitit_slurm (submitit_local) with launch() of hydra_launcher.py: every point is composed and
+hydra/launcher=bnnidr_slurm (and bnnidr_local) are hydra-submitit-launcher's
+submitit_slurm (submitit_local) with launch() of hydra_launcher.py, shipped in
+cluster/hydra_conf/hydra/launcher/ and found with any --config-dir (hydra_plugins/bnnidr_hpc_searchpath
+puts that folder on Hydra's search path). Every point is composed and
 validated before anything is submitted, and its job array is sized from the points' own config
 (tasks_per_node num_gpu, nodes num_nodes) and cluster profile as `bnnidr-hpc submit` sizes it
 (the GPU request gres_gpus / gpu_type say, mem_gb, setup, sbatch options, --requeue). One
@@ -31,7 +33,7 @@ from bnnidr_hpc.config.schema import SCHEMA_NAME, register_schema
 from bnnidr_hpc.runtime.errors import ConfigError
 
 register_schema()
-hydra_launcher.register()  # the launchers conf/hydra/launcher/bnnidr_*.yaml name
+hydra_launcher.register()  # the launchers cluster/hydra_conf/hydra/launcher/bnnidr_*.yaml name
 
 
 def _in_submitit_job() -> bool:

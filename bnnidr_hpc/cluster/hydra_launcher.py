@@ -1,6 +1,6 @@
 """hydra-submitit-launcher's Slurm and local launchers, made to behave like `bnnidr-hpc submit`.
 
-Used by: conf/hydra/launcher/bnnidr_slurm.yaml and bnnidr_local.yaml (their `_target_`),
+Used by: hydra_conf/hydra/launcher/bnnidr_slurm.yaml and bnnidr_local.yaml (their `_target_`),
 hydra_app.py (registers the two classes with Hydra before it starts).
 
 Before anything is submitted, every point of the multirun is composed and validated (the config
