@@ -60,10 +60,20 @@ class RunFailed(Exception):
     """A run that ended with an error; str() is the one line (also in its record)."""
 
 
+# Local gloo ranks beyond this many per CPU core only wait for each other (and may miss the
+# rendezvous): refused. Between one and this many per core: a warning.
+MAX_RANKS_PER_CORE = 4
+
+
 def check_local(c: Config) -> None:
     """What `run` can do on this machine, checked before anything is created."""
     if c.num_nodes != 1:
         raise ConfigError(f"num_nodes={c.num_nodes} is not allowed for run: one machine; use submit --nodes")
+    cores = _cores()
+    if c.world_size > MAX_RANKS_PER_CORE * cores and not _cuda_ranks(c):
+        raise ConfigError(f"num_gpu={c.num_gpu} is not allowed for run here: {c.world_size} CPU ranks on {cores} "
+                          f"core(s) (at most {MAX_RANKS_PER_CORE} per core, {MAX_RANKS_PER_CORE * cores}); use fewer "
+                          "ranks, or submit them to a cluster")
     if c.run.device == "cuda":
         import torch
 
@@ -84,15 +94,23 @@ def run_local(c: Config, run_dir: Path) -> dict:
         return train(c, run_dir, distributed.describe({}), StopFlag((signal.SIGTERM, signal.SIGINT)))
     if not c.run.threads:  # share the cores instead of oversubscribing them
         c = replace(c, run=replace(c.run, threads=max(1, (os.cpu_count() or 1) // c.world_size)))
+    if c.world_size > _cores() and not _cuda_ranks(c):
+        print(f"bnnidr-hpc: warning: {c.world_size} CPU ranks on {_cores()} core(s) share them: the run is slower "
+              "than with one rank per core", file=sys.stderr, flush=True)
     port = distributed.free_port()
+    # A rank that loses its peers says so in one line; torch's C++ warnings would add their stacks.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     ranks = mp.start_processes(_local_rank, args=(c, str(run_dir), port), nprocs=c.world_size,
                                start_method="spawn", join=False)
     # Ctrl-C reaches every rank from the terminal; a SIGTERM sent to this process alone is passed
     # on. Either way the ranks stop together and checkpoint; this process only waits.
     forward = lambda signum, frame: [os.kill(pid, signum) for pid in ranks.pids() if _alive(pid)]
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # After one rank ends with an error the others find out (a peer's error, a stopped heartbeat)
+    # and end themselves within this long, naming the rank they lost; only then are they terminated.
+    grace_s = 3 * distributed.Watchdog.interval_for(c.run.rank_timeout_s) + 10
     try:
-        while not ranks.join():
+        while not ranks.join(grace_period=grace_s):
             pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         line = _failure_line(exc, run_dir)
@@ -102,6 +120,19 @@ def run_local(c: Config, run_dir: Path) -> dict:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return run_files.read_record(run_dir)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cuda_ranks(c: Config) -> bool:
+    """Ranks on GPUs here (a rank per GPU), not gloo CPU processes."""
+    if c.run.device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _alive(pid: int) -> bool:

@@ -205,17 +205,29 @@ class Watchdog:
             pass
 
     def peer_error(self, wait_s: float = 5.0) -> Optional[str]:
-        """Why another rank failed, if it said so (post_error) within wait_s: a collective that
-        broke because that rank exited should be reported as that rank's failure."""
-        deadline = time.monotonic() + wait_s
+        """Why another rank failed: what it said (post_error), or, for one that ended without a
+        word (killed, its node gone), that its heartbeat stopped: a collective that broke because
+        that rank exited is reported as that rank's loss, not as the transport's error. Waits
+        up to wait_s, or 3 heartbeats where those are longer."""
+        others = [r for r in range(self.info.world_size) if r != self.info.rank]
+        started = time.monotonic()
+        first_beats = None
         while True:
             try:
-                for r in range(self.info.world_size):
-                    if r != self.info.rank and self.store.check([self._key("error", r)]):
+                for r in others:
+                    if self.store.check([self._key("error", r)]):
                         return f"rank {r} on {self._host(r)} failed: {self.store.get(self._key('error', r)).decode()}"
+                beats = {r: self.store.add(self._key("beat", r), 0) for r in others
+                         if not self.store.check([self._key("done", r)])}
+                first_beats = beats if first_beats is None else first_beats
+                if time.monotonic() - started > 2.5 * self.interval:  # a live rank has beaten twice by now
+                    silent = [r for r in beats if beats[r] == first_beats.get(r)]
+                    if silent:
+                        return (f"rank {silent[0]} on {self._host(silent[0])} was lost: its process ended without "
+                                "a word (killed, or its node failed)")
             except Exception:  # noqa: BLE001 - the store went with rank 0
-                return None
-            if time.monotonic() > deadline:
+                return self._rank0_gone()
+            if time.monotonic() - started > max(wait_s, 3 * self.interval):
                 return None
             time.sleep(0.05)
 
@@ -256,9 +268,11 @@ class Watchdog:
             except Exception:  # noqa: BLE001 - any store failure: the rank serving it is gone
                 if self._stop.is_set():
                     return None
-                return self.on_lost(0, f"rank 0 (which serves the rendezvous at {self.info.master_addr}:"
-                                       f"{self.info.master_port}) is gone")
+                return self.on_lost(0, self._rank0_gone())
         return None
+
+    def _rank0_gone(self) -> str:
+        return f"rank 0 (which serves the rendezvous at {self.info.master_addr}:{self.info.master_port}) is gone"
 
 
 def shutdown(together: bool = True) -> None:
