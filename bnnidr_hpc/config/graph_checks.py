@@ -55,6 +55,7 @@ def check_graph(c, used: bool) -> None:
         _fail("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
     if g.cache_dir is not None and (not isinstance(g.cache_dir, str) or not g.cache_dir.strip()):
         _fail("graph.cache_dir", g.cache_dir, "a folder path, or null for RUN_ROOT/graphs")
+    _check_objective(c, used)
     if not used:
         return
     if g.k >= c.data.n:
@@ -65,3 +66,21 @@ def check_graph(c, used: bool) -> None:
         writable_folder("graph.cache_dir", g.cache_dir)
     else:
         writable_folder("run.root", Path(c.run.root) / "graphs")
+
+
+def _number(key: str, value, low: float, high: float, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        _fail(key, value, allowed)
+
+
+def _check_objective(c, used: bool) -> None:
+    """The keys of `loss: graph`'s objective (model/graph_loss.py, data/umap_graph.py)."""
+    g = c.graph
+    _number("graph.spread", g.spread, 0.0, float("inf"), "a positive number (UMAP's spread)")
+    if isinstance(g.min_dist, bool) or not isinstance(g.min_dist, (int, float)) or not 0 <= g.min_dist < 3 * g.spread:
+        _fail("graph.min_dist", g.min_dist, f"a number >= 0 and below 3 x graph.spread={g.spread} (UMAP's min_dist)")
+    if isinstance(g.negatives, bool) or not isinstance(g.negatives, int) or g.negatives < 0:
+        _fail("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
+    _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
+    if used and g.labels and c.data.source == "npy" and c.data.labels is None:
+        _fail("graph.labels", g.labels, "false without data.labels (the labels of the training rows)")

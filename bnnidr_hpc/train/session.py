@@ -19,7 +19,9 @@ from typing import Callable, Optional
 import torch
 
 from bnnidr_hpc.config.schema import Config, to_dict, to_yaml
+from bnnidr_hpc.data import edge_batches, umap_graph
 from bnnidr_hpc.data.sources import ShardLoader, source
+from bnnidr_hpc.model.graph_loss import fit_ab
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.records import run_files, run_record, tensorboard
 from bnnidr_hpc.runtime import collectives, distributed, products
@@ -80,6 +82,9 @@ def setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, starte
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizers = Optimizers(c.optimizers, c.max_epochs, model)
     loader = ShardLoader(data, c.batch_size, info.rank, info.world_size)
+    graph_facts = {}
+    if c.loss == "graph":
+        loader, graph_facts = _edge_loader(c, data, loader, info, device)
     evaluator = Evaluator(c.eval, data, info)
     state = checkpoint.resume(run_dir / run_files.CHECKPOINT, model, optimizers, device, started)
     averager = collectives.GradientAverager(model)  # after resuming: it starts every rank from rank 0's weights
@@ -91,6 +96,7 @@ def setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, starte
         cpu_matmul=products.library() if device.type == "cpu" else None,
         steps_per_epoch=loader.steps_per_epoch, data_cached=loader.cached, hosts=distributed.all_hosts(info),
         slurm_job_id=info.slurm_job_id, intrinsic_dim=intrinsic_dim)
+    record.update(graph_facts)
     if not evaluator.labelled:
         record["ap_note"] = "no labels (data.labels is not set): no retrieval AP; intrinsic_dim still compares them"
     if info.is_main:
@@ -111,6 +117,21 @@ def setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, starte
         session.relevance_prior = relevance.prior(state.relevance_centre, c.output_dim)
     session.update_record(state, run_record.RUNNING)
     return session, state
+
+
+def _edge_loader(c: Config, data, shards: ShardLoader, info: DistInfo, device: torch.device):
+    """`loss: graph`: the k-NN graph of the training rows (data.neighbours, built across the ranks
+    or read from its cache), its fuzzy edges (data.umap_graph, with the training labels where
+    graph.labels), and the loader drawing batches of them; with what the record says of them."""
+    from bnnidr_hpc.train import graph_stage
+
+    knn = graph_stage.build(c, data, info, device)  # its cache: graph_stage.cache_root
+    labels = edge_batches.training_labels(data) if c.graph.labels else None
+    edges = umap_graph.fuzzy_edges(knn.indices, knn.distances, labels, c.graph.target_weight)
+    a, b = fit_ab(c.graph.spread, c.graph.min_dist)
+    facts = {"graph_edges": {"edges": len(edges.weights), "weight_sum": float(edges.weights.sum()),
+                             "supervised": labels is not None, "a": a, "b": b}, **run_record.graph_fields(knn)}
+    return edge_batches.EdgeLoader(shards, edges, c.graph.negatives), facts
 
 
 def _relevance_centre(c: Config, data, intrinsic_dim: dict, info: DistInfo, device: torch.device) -> float:

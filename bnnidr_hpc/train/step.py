@@ -1,5 +1,6 @@
-"""The training step: forward, the loss over the global batch's pairs, backward, gradient
-averaging, optimizer step. The hot path: no host synchronisation, no allocation it can avoid.
+"""The training step: forward, the loss over the global batch's pairs (or, for `loss: graph`, its
+edges), backward, gradient averaging, optimizer step. The hot path: no host synchronisation, no
+allocation it can avoid.
 
 Used by: train/loop.py, benchmarks (bench_step.py, bench_workloads.py).
 """
@@ -11,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from bnnidr_hpc.config.schema import Config
+from bnnidr_hpc.model.graph_loss import fit_ab, graph_loss_sum
 from bnnidr_hpc.model.objectives import PairTargetsAhead, pair_targets, stress_share
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.runtime import collectives
@@ -25,10 +27,12 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
     None (relevance.py)) -> (stress, KL term), both detached on the device: no host sync. Without
     the global batch the step gathers it. Given the next one, the step copies it and computes its
     input distances (the largest product) while it waits for its collectives, and uses them in the
-    next call."""
+    next call. `loss: graph` has its own step (make_graph_step)."""
+    if c.loss == "graph":
+        return make_graph_step(c, model, optimizers, info, averager)
     world = info.world_size
     averager = averager or collectives.GradientAverager(model)
-    kl_scale = c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
+    kl_scale = _kl_scale(c)
     zero = torch.zeros((), device=next(model.parameters()).device)
     bf16 = c.precision == "bf16"
     device_type = zero.device.type
@@ -65,5 +69,41 @@ def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
         averager.start()(while_waiting)
         optimizers.step()
         return stress.detach(), kl.detach()
+
+    return step
+
+
+def _kl_scale(c: Config) -> float:
+    return c.bayes.kl_weight / max(c.data.n * (c.data.n - 1), 1) if c.bayesian else 0.0  # per pair: BayesConfig
+
+
+def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
+                    averager: Optional[collectives.GradientAverager] = None):
+    """The step of `loss: graph`, (this rank's rows: its batch_size heads, their tails, then
+    graph.negatives negatives per edge (data.edge_batches), keep or None) -> (loss share, KL
+    term), detached: no host sync. Each edge's terms need only its own rows, so nothing is
+    gathered: a rank's share is its edges' sum over the global batch's edge count, and the
+    averaged gradients of world x share are those of the whole batch's loss (model.graph_loss)."""
+    world, rows = info.world_size, c.batch_size
+    averager = averager or collectives.GradientAverager(model)
+    a, b = fit_ab(c.graph.spread, c.graph.min_dist)
+    per_edge = 1.0 / c.global_batch
+    kl_scale = _kl_scale(c)
+    zero = torch.zeros((), device=next(model.parameters()).device)
+    bf16 = c.precision == "bf16"
+    device_type = zero.device.type
+
+    def step(x: torch.Tensor, keep: Optional[torch.Tensor] = None):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        out = out.float()
+        if keep is not None:
+            out = out * keep
+        share = graph_loss_sum(out[:rows], out[rows:2 * rows], out[2 * rows:], a, b) * per_edge
+        kl = kl_scale * model.kl() if kl_scale else zero
+        (world * share + kl).backward()
+        averager.start()()
+        optimizers.step()
+        return share.detach(), kl.detach()
 
     return step
