@@ -260,7 +260,12 @@ class SlurmJob:
             return
         # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
         # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
-        state = job_state(job).get("JobState")
+        fields = job_state(job)
+        state = fields.get("JobState")
+        if _requeued_by_slurm(fields):  # `scontrol requeue`, a node failure: Slurm already put it back
+            print(f"bnnidr-hpc: job {job} was requeued by Slurm ({state}, restart {fields.get('Restarts')}); "
+                  "it resumes from the checkpoint", file=sys.stderr, flush=True)
+            return
         if state != "RUNNING":
             print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
             return
@@ -275,6 +280,17 @@ class SlurmJob:
             run_record.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
                                 f"{refusal.replace('scontrol: error: ', '')}; submit again to resume",
                                 self.config, to_dict(self.config))
+
+
+def _requeued_by_slurm(fields: dict) -> bool:
+    """Slurm counts a requeue as soon as it is asked for (Restarts), before this start's tasks
+    end; SLURM_RESTART_COUNT is the count this start began with."""
+    if fields.get("JobState") in ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING"):
+        return True
+    try:
+        return int(fields.get("Restarts", 0)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return False
 
 
 def _ignore_sigterm() -> None:

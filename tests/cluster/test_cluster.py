@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY
-from test_slurm import LONG, SGD, ended, record, run_dirs_of, submit, wait_for
+from test_slurm import LONG, SGD, ended, record, run_dirs_of, start_long_job, submit, wait_for
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster import planning
@@ -228,3 +228,21 @@ def test_setup_lines_may_change_the_interpreter(tmp_path, capsys):
     (run_dir,) = run_dirs_of(out)
     wait_for(lambda: ended(run_dir), timeout=120)
     assert record(run_dir)["status"] == "completed" and marker.exists()
+
+
+def test_the_readme_first_submit_example_is_taken_without_a_profile(tmp_path, capsys):
+    # the built-in profile asks the CPU-only default partition for CPU ranks, not GPUs
+    args = [str(REPO / "conf" / "hps_00040.yaml"), f"run.root={tmp_path}", "--gpus", "1"]
+    assert cli.main(["submit", *args, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "cluster=builtin (no profile given)" in out and "in partition cpu" in out
+
+
+def test_a_job_slurm_requeues_is_not_told_to_be_submitted_again(tmp_path, capsys):
+    run_dir, job = start_long_job(tmp_path, capsys, "seed=5")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    wait_for(lambda: ended(run_dir), timeout=180)
+    assert record(run_dir)["status"] == "completed", run_status(run_dir)
+    assert cli.main(["logs", str(run_dir), "--follow"]) == 0
+    log = capsys.readouterr().out
+    assert "not requeued" not in log and f"job {job} was requeued by Slurm" in log
