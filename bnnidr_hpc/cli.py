@@ -2,7 +2,7 @@
 
   bnnidr-hpc run [CONFIG] [key=value ...] [--gpus N] [--force]   train here (one device, N local ranks, torchrun)
   bnnidr-hpc submit CONFIG --gpus 1,2,4 [key=a,b ...] [--nodes N] [--check|--dry-run] [--local] [--force]
-  bnnidr-hpc status DIR [--follow]                               jobs of a run or sweep directory
+  bnnidr-hpc status DIR... [--follow]                            jobs of run or sweep directories
   bnnidr-hpc logs RUN_DIR [--rank R] [--follow]                  a rank's Slurm logs, over every restart
   bnnidr-hpc cancel DIR                                          scancel the jobs of a run or sweep
   bnnidr-hpc retry DIR [--failed] [--cancelled]                  resubmit the points that did not complete
@@ -196,17 +196,17 @@ def cmd_retry(ns) -> int:
 def cmd_status(ns) -> int:
     from bnnidr_hpc.cluster import status
 
-    root = Path(ns.dir)
-    if not root.is_dir():
-        raise UsageError(f"status: {ns.dir!r} is not a directory (give a run or sweep directory)")
-    run_dirs = status.find_run_dirs(root)
-    if not run_dirs:
-        raise UsageError(f"status: no runs under {ns.dir!r} (a run directory holds record.json or job.json)")
+    for folder in ns.dir:
+        if not Path(folder).is_dir():
+            raise UsageError(f"status: {folder!r} is not a directory (give run or sweep directories)")
+    labels = status.labelled_run_dirs([Path(folder) for folder in ns.dir])
+    if not labels:
+        raise UsageError(f"status: no runs under {' '.join(ns.dir)!r} (a run directory holds record.json or job.json)")
     if not ns.follow:
-        for line in status.status_table([status.run_status(d) for d in run_dirs]):
+        for line in status.status_table([{**status.run_status(d), "name": name} for d, name in labels.items()]):
             print(line)
         return 0
-    rows = status.follow(run_dirs, ns.interval)
+    rows = status.follow(list(labels), ns.interval, labels)
     return EXIT_FAILED if any(r["state"] != "completed" for r in rows) else 0
 
 
@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_.add_argument("--local", action="store_true", help="run through submitit's local executor instead of Slurm")
     sub_.add_argument("--force", action="store_true", help="rerun completed runs")
     sub_.set_defaults(func=cmd_submit)
-    st = sub.add_parser("status", help="state of the jobs of a run or sweep directory")
-    st.add_argument("dir")
+    st = sub.add_parser("status", help="state of the jobs of run or sweep directories")
+    st.add_argument("dir", nargs="+")
     st.add_argument("--follow", action="store_true", help="print progress until every job has ended")
     st.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     st.set_defaults(func=cmd_status)

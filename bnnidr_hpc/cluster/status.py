@@ -117,6 +117,18 @@ def find_run_dirs(root: Path) -> List[Path]:
     return sorted(found)
 
 
+def labelled_run_dirs(roots: List[Path]) -> Dict[Path, str]:
+    """The run directories under each folder given, each with the name status shows: its path
+    below that folder, so that a run and a sweep's point of the same config (the same directory
+    name) are told apart; the full path where that is still ambiguous."""
+    labels: Dict[Path, str] = {}
+    for root in roots:
+        for d in find_run_dirs(root):
+            label = d.name if d == root else str(d.relative_to(root))
+            labels.setdefault(d, str(d) if label in labels.values() else label)
+    return labels
+
+
 def not_submitted(run_dir: Path) -> Optional[str]:
     """Why Slurm refused this point of a sweep, where its manifest says so."""
     entry = ((run_files.read_json(Path(run_dir).parent / run_files.MANIFEST) or {}).get("points") or {}).get(
@@ -177,7 +189,7 @@ def run_status(run_dir: Path) -> dict:
     if refused:
         state, detail = "not submitted", f"Slurm refused it: {refused}; bnnidr-hpc retry {Path(run_dir).parent}"
     if restarts and state in ("pending", "running", "completed"):
-        detail = f"requeued {restarts}x" + (f"; {detail}" if detail else "")
+        detail = "; ".join(filter(None, [_restart_detail(rec, job, slurm), detail]))
     return {
         "run_dir": str(run_dir), "name": Path(run_dir).name, "job_id": job.get("job_id") or rec.get("slurm_job_id"),
         "state": state, "epoch": rec.get("epochs_done"), "max_epochs": rec.get("max_epochs"),
@@ -189,13 +201,40 @@ def run_status(run_dir: Path) -> dict:
     }
 
 
+def count(value) -> int:
+    """A restart count as Slurm or a record says it; 0 where it is not one."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _restart_detail(rec: dict, job: dict, slurm: dict) -> str:
+    """How a run started again: Slurm requeued its job (Slurm's Restarts), it was submitted
+    again (`retry`, a resubmission: job.json's earlier jobs), or rerun here; the record's
+    restarts counts every resume alike."""
+    earlier = len(job.get("earlier_jobs") or [])
+    resumed = count(rec.get("restarts"))
+    requeued = count(slurm["Restarts"]) if "Restarts" in slurm else max(0, resumed - earlier)
+    if not job:
+        return f"resumed {resumed}x" if resumed else ""
+    return ", ".join(filter(None, [f"requeued {requeued}x" if requeued else "",
+                                   f"resubmitted {earlier}x" if earlier else ""]))
+
+
+def _shown(name: str, width: int) -> str:
+    """A name cut to width from the left: its end (the config hash) tells runs apart."""
+    return name if len(name) <= width else "..." + name[len(name) - width + 3:]
+
+
 def status_table(rows: List[dict]) -> List[str]:
-    header = (f"{'run':<28} {'job':>10} {'state':<13} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
+    width = min(64, max([28] + [len(r["name"]) for r in rows]))
+    header = (f"{'run':<{width}} {'job':>10} {'state':<13} {'epoch':>7} {'loss':>8} {'AP':>6} {'PCA AP':>6} "
               f"{'samples/s':>10} {'runtime':>8}  detail")
     lines = [header]
     for r in rows:
         epoch = "-" if r["epoch"] is None else f"{r['epoch']}/{r['max_epochs']}"
-        lines.append(f"{r['name'][:28]:<28} {str(r['job_id'] or '-'):>10} {r['state']:<13} {epoch:>7} "
+        lines.append(f"{_shown(r['name'], width):<{width}} {str(r['job_id'] or '-'):>10} {r['state']:<13} {epoch:>7} "
                      f"{fmt(r['loss'], '.4f'):>8} {fmt(r['ap'], '.3f'):>6} {fmt(r.get('ap_pca'), '.3f'):>6} "
                      f"{fmt(r['samples_per_s'], '.0f'):>10} "
                      f"{fmt(r['runtime_s'], '.1f'):>8}  {r['detail']}")
@@ -224,16 +263,17 @@ def all_ended(rows: List[dict]) -> bool:
     return all(r["state"] in ENDED or (r["state"] == "interrupted" and not r["submitted"]) for r in rows)
 
 
-def follow(run_dirs: List[Path], interval: float) -> List[dict]:
+def follow(run_dirs: List[Path], interval: float, labels: Optional[Dict[Path, str]] = None) -> List[dict]:
     """`status --follow`: print each run's epochs as they are written until nothing more will
-    happen, then the final table; returns the final rows."""
+    happen, then the final table (rows named by labels); returns the final rows."""
+    labels = labels or {}
     seen = {d: 0 for d in run_dirs}
     while True:
         for d in run_dirs:
             lines, seen[d] = new_epoch_lines(d, seen[d])
             for line in lines:
                 print(line, flush=True)
-        rows = [run_status(d) for d in run_dirs]
+        rows = [{**run_status(d), "name": labels.get(d, d.name)} for d in run_dirs]
         if all_ended(rows):
             for line in status_table(rows):
                 print(line)
