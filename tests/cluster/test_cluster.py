@@ -246,3 +246,25 @@ def test_a_job_slurm_requeues_is_not_told_to_be_submitted_again(tmp_path, capsys
     assert cli.main(["logs", str(run_dir), "--follow"]) == 0
     log = capsys.readouterr().out
     assert "not requeued" not in log and f"job {job} was requeued by Slurm" in log
+
+
+def task_pid(job: str, rank: int) -> int:
+    """The process of a job's task (SLURM_PROCID) on this machine, as srun started it."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+            cmdline = (proc / "cmdline").read_text()
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and env.get("SLURM_PROCID") == str(rank) and "_submit" in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no task {rank} of job {job} here")
+
+
+def test_a_rank_killed_under_slurm_is_named_as_lost_with_its_host(tmp_path, capsys):
+    run_dir, job = start_long_job(tmp_path, capsys, "--gpus", "2", "seed=9")
+    os.kill(task_pid(job, 1), 9)
+    wait_for(lambda: ended(run_dir), timeout=120)
+    error = record(run_dir).get("error") or ""
+    assert "rank 1 on cpu1 was lost" in error and "closed by peer" not in error, run_status(run_dir)
+    assert "rank 1 on cpu1 was lost" in run_status(run_dir)["detail"]
