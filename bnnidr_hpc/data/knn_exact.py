@@ -1,5 +1,6 @@
 """The exact k nearest neighbours of query rows among all training rows: blocks of keys through the
-training's matrix products, squared distances by |a|^2 + |b|^2 - 2 a.b, a running top-k.
+training's matrix products, squared distances by |a|^2 + |b|^2 - 2 a.b (ranked without |a|^2, the
+same for all of a query's keys), a running top-k.
 
 Used by: data/neighbours.py (each rank's query blocks), data/knn_faiss.py (the exact neighbours of
 the rows that measure an approximate graph's recall, and of rows FAISS found too few for).
@@ -81,11 +82,21 @@ def rank_share(items: list, rank: int, world: int) -> list:
 
 
 def _merge(best_d, best_i, d2, start: int, keep: int):
-    """The running top-k: the `keep` smallest of the best so far and this key block's distances."""
-    values, positions = torch.topk(torch.cat([best_d, d2], dim=1), keep, dim=1, largest=False, sorted=True)
-    from_block = positions >= keep
-    earlier = best_i.gather(1, positions.clamp(max=keep - 1))
-    return values, torch.where(from_block, positions - keep + start, earlier)
+    """The running top-k: the `keep` smallest of the best so far and this key block's distances.
+    The block's own top-k first, then the small merge: a copy of the block beside the best (the
+    old torch.cat of both) cost as much as the top-k itself."""
+    block_d, block_i = torch.topk(d2, min(keep, d2.shape[1]), dim=1, largest=False, sorted=False)
+    values, positions = torch.topk(torch.cat([best_d, block_d], dim=1), keep, dim=1, largest=False, sorted=True)
+    return values, torch.cat([best_i, block_i + start], dim=1).gather(1, positions)
+
+
+def _not_itself(d2, query_ids, start: int) -> None:
+    """A row is not its own neighbour: inf at each query's own column of this key block, if it is
+    in it (one element per query, where comparing every id with every key's cost a pass over d2)."""
+    local = query_ids - start
+    inside = (local >= 0) & (local < d2.shape[1])
+    cols = local.clamp(0, d2.shape[1] - 1)[:, None]
+    d2.scatter_(1, cols, torch.where(inside[:, None], math.inf, d2.gather(1, cols)))
 
 
 def nearest(rows: GraphRows, queries: torch.Tensor, query_ids: torch.Tensor, k: int,
@@ -98,13 +109,13 @@ def nearest(rows: GraphRows, queries: torch.Tensor, query_ids: torch.Tensor, k: 
     query_ids = query_ids.to(device)
     best_d = torch.full((q, keep), math.inf, device=device)
     best_i = torch.full((q, keep), -1, dtype=torch.int64, device=device)
-    query_norms = queries.square().sum(1)
-    left = queries.bfloat16() if bf16 else queries
+    # |q|^2 is the same for every key of a row, so the ranking needs only |k|^2 - 2 q.k (the
+    # candidates' distances are measured again below): one pass over each block after its product.
+    left = (-2 * queries).bfloat16() if bf16 else -2 * queries
     for start, keys, key_norms in rows.key_blocks():
         product = _bf16_product(left, keys) if bf16 else products.mm(left, keys.T)
-        d2 = product.mul_(-2).add_(query_norms[:, None]).add_(key_norms[None, :])
-        key_ids = torch.arange(start, start + keys.shape[0], device=device)
-        d2.masked_fill_(query_ids[:, None] == key_ids[None, :], math.inf)  # a row is not its own neighbour
+        d2 = product.add_(key_norms[None, :])
+        _not_itself(d2, query_ids, start)
         best_d, best_i = _merge(best_d, best_i, d2, start, keep)
     return _refine(rows, queries, best_i, k)
 
