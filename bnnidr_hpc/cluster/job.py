@@ -180,6 +180,9 @@ def neighbours_command(config_path: Optional[str], overrides: list, gpus: Option
     except (RunFailed, OSError) as exc:
         print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches every local rank: each stops between blocks
+        print("bnnidr-hpc: interrupted; the same command resumes from the finished blocks", file=sys.stderr)
+        return 3
     if distributed.describe().is_main:  # under torchrun, rank 0 alone speaks
         print(summary_line(found))
     return 0
