@@ -30,7 +30,10 @@ class TrainState:
 
     epoch: int = 0              # epochs completed
     step: int = 0               # steps done of the current epoch (> 0 only after an interruption)
-    stress_sum: float = 0.0     # the interrupted epoch's loss sums so far
+    # The interrupted epoch's loss sums so far: every rank's own float32 (stress, KL), by rank,
+    # so that the resumed epoch adds up as the uninterrupted one would.
+    rank_sums: Optional[List[List[float]]] = None
+    stress_sum: float = 0.0     # the same, summed over the ranks, in checkpoints written before rank_sums
     kl_sum: float = 0.0
     history: List[dict] = field(default_factory=list)  # one metrics entry per completed epoch
     ap_in: Optional[float] = None                      # retrieval AP in the input space

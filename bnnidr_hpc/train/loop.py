@@ -30,10 +30,7 @@ from bnnidr_hpc.train import checkpoint, relevance
 from bnnidr_hpc.train.checkpoint import TrainState
 from bnnidr_hpc.train.evaluate import with_retention
 from bnnidr_hpc.train.session import Session, setup
-
-# With several ranks, a stop request (preemption, time limit) is agreed on every this many steps,
-# so that every rank stops after the same step; one small all-reduce each time.
-STOP_CHECK_EVERY = 16
+from bnnidr_hpc.train.stopping import StopPoll
 
 
 class PeerFailed(RuntimeError):
@@ -133,9 +130,10 @@ def _train_epochs(s: Session, state: TrainState, stop_requested: Callable[[], bo
 
 
 def _train_epochs_writing(s: Session, state: TrainState, stop_requested: Callable[[], bool]) -> dict:
+    poll = StopPoll(stop_requested, s.info.world_size)
     for epoch in range(state.epoch, s.c.max_epochs):
         try:
-            entry = _epoch(s, state, epoch, stop_requested)
+            entry = _epoch(s, state, epoch, poll)
             _check_divergence(s.c, state, entry)
         except Diverged as why:
             kept = f"the checkpoint of epoch {state.epoch} is kept" if state.epoch else "no epoch had completed"
@@ -143,7 +141,7 @@ def _train_epochs_writing(s: Session, state: TrainState, stop_requested: Callabl
             return _finish(s, state, run_record.DIVERGED)
         if entry is None:
             return _finish(s, state, run_record.INTERRUPTED)
-        state.epoch, state.step, state.stress_sum, state.kl_sum = epoch + 1, 0, 0.0, 0.0
+        state.epoch, state.step, state.stress_sum, state.kl_sum, state.rank_sums = epoch + 1, 0, 0.0, 0.0, None
         state.history.append(entry)
         s.update_record(state, run_record.RUNNING)
         if s.info.is_main:
@@ -168,37 +166,41 @@ def _check_divergence(c: Config, state: TrainState, entry: Optional[dict]) -> No
                        f"{c.run.diverge_factor:g} x the first epoch's {first:.4g}", *steps)
 
 
-def _epoch(s: Session, state: TrainState, epoch: int, stop_requested) -> Optional[dict]:
-    """Train one epoch (from state.step) and evaluate; its metrics entry, or None when a stop was
-    requested (state then holds the partial epoch)."""
+def _epoch(s: Session, state: TrainState, epoch: int, poll: StopPoll) -> Optional[dict]:
+    """Train one epoch (from state.step) and evaluate; its metrics entry, or None when the ranks
+    agreed to stop, at the latest after its last step (state then holds the partial epoch)."""
     c, world, steps = s.c, s.info.world_size, s.loader.steps_per_epoch
     s.model.train()
     # Rank 0 wrote the last epoch's files while the others went on to wait in the first step:
     # their clocks would count its writing as training time and make them look like stragglers.
     collectives.barrier()
     epoch_started = time.perf_counter()
-    sums = torch.zeros(2, device=s.device)  # stress, KL: summed on the device, read once per epoch
+    poll.start_epoch()
+    # stress, KL: summed on the device, read once per epoch; an interrupted epoch's go on from
+    # this rank's own float32 sums, so the epoch's loss is bit for bit the uninterrupted one's
+    sums = (torch.zeros(2, device=s.device) if state.rank_sums is None else
+            torch.tensor(state.rank_sums[s.info.rank], dtype=torch.float32, device=s.device))
     lrs = s.optimizers.set_lr(epoch + state.step / steps)  # also when no step is left to run
     masks = (relevance.epoch_masks(s.relevance_prior, c.seed, epoch, steps, s.device)
              if s.relevance_prior is not None else None)
-    for step, batch in enumerate(s.loader.epoch(epoch, state.step), start=state.step):
+    # An epoch stopped after its last step has only its end left to do.
+    batches = s.loader.epoch(epoch, state.step) if state.step < steps else ()
+    for step, batch in enumerate(batches, start=state.step):
         lrs = s.optimizers.set_lr(epoch + step / steps)
         keep = () if masks is None else (masks[step],)  # the relevance prior's units, after the batch
         sums += torch.stack(s.train_step(*batch, *keep))
         if s.first_step_at is None:
             _first_step(s)
-        stop, non_finite = _poll(stop_requested, sums, step, world)
+        stop, non_finite = poll.after_step(sums, last_of_epoch=step + 1 == steps)
         if non_finite:
             raise Diverged(f"non-finite loss in epoch {epoch + 1} by step {step + 1} of {steps}", epoch + 1, step + 1)
         if stop:
-            partial = collectives.all_reduce_sum(_rank_sums(sums, world))
-            state.stress_sum += partial[0].item()
-            state.kl_sum += partial[1].item()
+            state.rank_sums = collectives.gather_floats(sums.tolist(), s.device)  # float32 values, exact
             state.step = step + 1
             return None
     # The epoch's only host synchronisations: the loss sums and the evaluation.
     totals = collectives.all_reduce_sum(_rank_sums(sums, world))
-    earlier = torch.tensor([state.stress_sum, state.kl_sum], dtype=torch.float64)  # an interrupted epoch's
+    earlier = torch.tensor([state.stress_sum, state.kl_sum], dtype=torch.float64)  # an older checkpoint's
     stress_total, kl_total = (totals.cpu() + earlier).tolist()
     epoch_seconds = time.perf_counter() - epoch_started
     rank_seconds = [r[0] for r in collectives.gather_floats([epoch_seconds], s.device)]
@@ -268,18 +270,6 @@ def _finish(s: Session, state: TrainState, status: str) -> dict:
         if s.writer is not None:
             s.writer.close()
     return s.record
-
-
-def _poll(stop_requested, sums: torch.Tensor, step: int, world: int) -> tuple:
-    """(stop requested, loss non-finite), agreed by every rank every STOP_CHECK_EVERY steps: one
-    small all-reduce, or one host sync on a single rank, so that a NaN stops the run within
-    STOP_CHECK_EVERY steps rather than an epoch."""
-    if (step + 1) % STOP_CHECK_EVERY:
-        return (stop_requested() if world == 1 else False), False
-    flags = torch.stack([torch.tensor(float(stop_requested()), device=sums.device),
-                         (~torch.isfinite(sums)).any().float()])
-    stop, non_finite = collectives.all_reduce_sum(flags).tolist()
-    return stop > 0, non_finite > 0
 
 
 def _show_progress(s: Session, entry: dict) -> None:

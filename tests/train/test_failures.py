@@ -351,3 +351,64 @@ def test_status_leaves_out_run_directories_set_aside_by_force_and_unknown_time_l
         run_files.write_json(tmp_path / name / run_files.RECORD, {"status": "completed"})
     assert [d.name for d in status.find_run_dirs(tmp_path)] == ["a"]
     assert [_minutes(t) for t in ("2:00:00", "1-00:00:00", "30:00", "UNLIMITED", "NONE")] == [120, 1440, 30, None, None]
+
+
+@pytest.fixture
+def own_signal_handlers():
+    """run_local's stop handlers (SIGTERM, SIGINT) are this process's: put pytest's back after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_in_the_last_epoch_resumes_to_the_identical_final_loss(tiny, tmp_path, monkeypatch, sig,
+                                                                             own_signal_handlers):
+    from bnnidr_hpc.cluster.job import run_local
+    from bnnidr_hpc.train import session
+
+    c = tiny("max_epochs=3")  # 8 steps per epoch
+    straight = run_local(c, tmp_path / "straight")
+    make, calls = session.make_step, [0]
+
+    def signalling_at_step_20(*args, **kwargs):  # step 4 of the last epoch
+        step = make(*args, **kwargs)
+
+        def run(*batch):
+            calls[0] += 1
+            if calls[0] == 20:
+                os.kill(os.getpid(), sig)
+            return step(*batch)
+        return run
+
+    monkeypatch.setattr(session, "make_step", signalling_at_step_20)
+    first = run_local(c, tmp_path / "resumed")
+    assert first["status"] == "interrupted" and first["epochs_done"] == 2
+    monkeypatch.undo()
+    resumed = run_local(c, tmp_path / "resumed")
+    assert resumed["status"] == "completed" and resumed["restarts"] == 1
+    assert resumed["final_loss"] == straight["final_loss"]  # exactly, as after kill -9
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
+    assert resumed["ap_out"] == straight["ap_out"]
+
+
+def test_local_ranks_with_5_steps_per_epoch_stop_within_seconds_of_sigterm(tmp_path):
+    args = [sys.executable, "-m", "bnnidr_hpc.cli", "run", *TINY, f"run.root={tmp_path}", "data.n=320",
+            "max_epochs=100000", "eval.every=1000", "--gpus", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and sum(len(p.read_text().splitlines()) for p in
+                                             tmp_path.glob("*/metrics.jsonl")) < 3:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # to the parent alone: it passes it on to its ranks
+        sent = time.time()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and time.time() - sent < 15, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (rd,) = [p.parent for p in tmp_path.glob("*/record.json")]
+    rec = record(rd)
+    assert rec["status"] == "interrupted" and rec["steps_per_epoch"] == 5 and rec["epochs_done"] < 100000
