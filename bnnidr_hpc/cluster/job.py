@@ -7,8 +7,9 @@ Every rank calls the same `train`, which resumes from the run directory's checkp
 start and every restart take one path. On Slurm's warning signal (USR2, sent `signal_delay_s`
 before the time limit, or on preemption) or SIGTERM, the ranks agree to stop after the same step,
 rank 0 writes the checkpoint and requeues the job (`scontrol requeue`, in a child that ignores
-SIGTERM so preemption's SIGTERM cannot kill it), and the requeued job resumes. A job the user
-cancelled is not requeued.
+SIGTERM so preemption's SIGTERM cannot kill it), and the requeued job resumes. A job that Slurm
+is ending (cancelled, its time limit, a node lost) is not requeued: rank 0 writes that end into
+the record (slurm_end.py), as it does a time limit's warning it cannot requeue from (timeout).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Optional
 
 import torch.multiprocessing as mp
 
+from bnnidr_hpc.cluster import slurm_end
 from bnnidr_hpc.config.schema import Config, to_dict
 from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.runtime import distributed
@@ -257,10 +259,6 @@ class SlurmJob:
         from bnnidr_hpc.cluster.status import job_state
 
         job, limit = info.slurm_job_id, self.config.cluster.max_requeues
-        if record["restarts"] >= limit:
-            run_record.mark_failed(Path(self.run_dir), f"interrupted after {record['restarts']} restarts "
-                                f"(cluster.max_requeues={limit})", self.config, to_dict(self.config))
-            return
         # A warning signal or a preemption leaves the job RUNNING; scancel has already moved it to
         # COMPLETING or CANCELLED by the time its SIGTERM arrives, and a cancelled job stays ended.
         fields = job_state(job)
@@ -269,8 +267,19 @@ class SlurmJob:
             print(f"bnnidr-hpc: job {job} was requeued by Slurm ({state}, restart {fields.get('Restarts')}); "
                   "it resumes from the checkpoint", file=sys.stderr, flush=True)
             return
+        ended = slurm_end.ended_by(fields, stopping=True)
+        if ended:  # Slurm is ending it: the record says how (timeout, cancelled, node_fail, ...)
+            error = slurm_end.why(ended, fields, record, job)
+            run_record.mark_ended(Path(self.run_dir), ended, error)
+            print(f"bnnidr-hpc: job {job} is {state}: not requeued; {error}", file=sys.stderr, flush=True)
+            return
         if state != "RUNNING":
             print(f"bnnidr-hpc: job {job} is {state}: not requeued; submit again to resume", file=sys.stderr)
+            return
+        # Where the job cannot go on at its time limit's warning, its time limit ended it.
+        limited = slurm_end.at_time_limit(fields, self.config.cluster.signal_delay_s)
+        if record["restarts"] >= limit:
+            self._end(limited, f"interrupted after {record['restarts']} restarts (cluster.max_requeues={limit})")
             return
         print(f"bnnidr-hpc: requeueing job {job} (restart {record['restarts'] + 1})", file=sys.stderr, flush=True)
         try:
@@ -280,9 +289,15 @@ class SlurmJob:
         except (OSError, subprocess.TimeoutExpired) as exc:
             refusal = str(exc)
         if refusal:  # e.g. JobRequeue=0 with --no-requeue: "Requested operation is presently disabled"
-            run_record.mark_failed(Path(self.run_dir), f"interrupted, and Slurm refused to requeue job {job}: "
-                                f"{refusal.replace('scontrol: error: ', '')}; submit again to resume",
-                                self.config, to_dict(self.config))
+            self._end(limited, f"interrupted, and Slurm refused to requeue job {job}: "
+                      f"{refusal.replace('scontrol: error: ', '')}")
+
+    def _end(self, at_time_limit: bool, reason: str) -> None:
+        """The run ends here without a requeue: timeout at the time limit's warning, else failed."""
+        if at_time_limit:
+            reason = f"Slurm's time limit ({self.config.cluster.timeout_min} min) came, and the job was {reason}"
+        run_record.mark_ended(Path(self.run_dir), run_record.TIMEOUT if at_time_limit else run_record.FAILED,
+                              f"{reason}; submit again to resume", self.config, to_dict(self.config))
 
 
 def _requeued_by_slurm(fields: dict) -> bool:
@@ -302,11 +317,12 @@ def _ignore_sigterm() -> None:
 
 
 def _wait_to_be_requeued(run_dir: Path, seconds: int = 300) -> None:
-    """Slurm ends every task when it requeues (or cancels) the job. If rank 0 gave up instead (the
-    record says failed), or nothing happens, end here rather than hold the allocation."""
+    """Slurm ends every task when it requeues (or cancels) the job. If rank 0 ended the run instead
+    (the record says failed, timeout, ...), or nothing happens, end here rather than hold the allocation."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        if (run_files.read_record(run_dir) or {}).get("status") == run_record.FAILED:
+        status = (run_files.read_record(run_dir) or {}).get("status")
+        if status is not None and status not in (run_record.INTERRUPTED, run_record.RUNNING):
             sys.exit(1)
         time.sleep(1)
     sys.exit(3)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from bnnidr_hpc.cluster import status
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.records import run_files, run_record
 
 
 def log_files(run_dir: Path, rank: int) -> List[Path]:
@@ -90,7 +90,7 @@ def cancel(root: Path) -> List[str]:
 
 
 # What retry resubmits without --failed / --cancelled.
-RETRIED = ("failed", "cancelled", "not submitted", "interrupted")
+RETRIED = ("failed", "not submitted", "interrupted", *run_record.ENDED_BY_SLURM)
 
 
 def retry_points(root: Path, states: Optional[List[str]]):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bnnidr_hpc.cluster import slurm_end
 from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.records.run_record import fmt
 
@@ -27,7 +28,7 @@ from bnnidr_hpc.records.run_record import fmt
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 # The run states `status --follow` waits for.
-ENDED = {"completed", "diverged", "failed", "cancelled", "not submitted"}
+ENDED = {"completed", "diverged", "failed", "not submitted", *run_record.ENDED_BY_SLURM}
 
 
 def slurm_env(slurm_conf: Optional[str]) -> Optional[dict]:
@@ -146,10 +147,11 @@ def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
         return "diverged", rec.get("error") or ""
     if slurm_state == "PENDING":
         return "pending", slurm.get("Reason", "")
+    ended = slurm_end.shown_end(rec, slurm)
+    if ended:  # Slurm ended the job (time limit, scancel, ...), as the job wrote or as Slurm now says
+        return ended, slurm_end.detail(ended, rec, slurm, job.get("job_id"))
     if slurm_state in ("RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"):
         return "running", ""
-    if slurm_state == "CANCELLED":
-        return "cancelled", ""
     if status == run_record.FAILED or slurm_state in TERMINAL:
         if rec.get("error"):
             return "failed", rec["error"] + (f"  (log: {job['stderr']})" if job.get("stderr") else "")
@@ -185,6 +187,8 @@ def run_status(run_dir: Path) -> dict:
     slurm = slurm_view(run_dir)
     restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
     state, detail = _state(rec, job, slurm, held=bool(job) or run_files.is_held(run_dir))
+    if state in run_record.ENDED_BY_SLURM and rec:
+        slurm_end.keep(run_dir, state, detail, rec)  # collect reads records only
     refused = None if (rec or job) else not_submitted(run_dir)
     if refused:
         state, detail = "not submitted", f"Slurm refused it: {refused}; bnnidr-hpc retry {Path(run_dir).parent}"

@@ -31,6 +31,11 @@ SCHEMA = "bnnidr-hpc/record/1"  # readers take records of this schema only
 
 # Statuses a record can hold.
 RUNNING, COMPLETED, FAILED, INTERRUPTED, DIVERGED = "running", "completed", "failed", "interrupted", "diverged"
+# How Slurm ended a job before its run did (cluster/slurm_end.py): the time limit, scancel, a node
+# lost, preemption, the OOM killer. The checkpoint is kept; submitting again resumes.
+TIMEOUT, CANCELLED, NODE_FAIL = "timeout", "cancelled", "node_fail"
+PREEMPTED, OUT_OF_MEMORY = "preempted", "out_of_memory"
+ENDED_BY_SLURM = (TIMEOUT, CANCELLED, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY)
 
 
 def problem(record: Any) -> Optional[str]:
@@ -178,9 +183,17 @@ def update_record(record: dict, state, status: str, session_started: float,
 
 def mark_failed(run_dir: Path, error: str, c: "Config", config_dict: dict) -> None:
     """Record a failure; a job that failed before training wrote anything still gets a record."""
-    record = read_record(run_dir) or config_record(c, config_dict, run_dir)
-    record.update(status=FAILED, error=error, updated_at=time.time())
-    write_json(Path(run_dir) / RECORD, record)
+    mark_ended(run_dir, FAILED, error, c, config_dict)
+
+
+def mark_ended(run_dir: Path, status: str, error: str, c: Optional["Config"] = None,
+               config_dict: Optional[dict] = None) -> None:
+    """Record how a run ended (a status besides completed and diverged) and why, in one line;
+    without c, only into a record that exists."""
+    record = read_record(run_dir) or (config_record(c, config_dict, run_dir) if c is not None else None)
+    if record is not None:
+        record.update(status=status, error=error, updated_at=time.time())
+        write_json(Path(run_dir) / RECORD, record)
 
 
 # ----------------------------------------------------------------------------- reading helpers
