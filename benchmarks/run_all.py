@@ -17,7 +17,7 @@ from common import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bench_step", "bench_workloads", "bench_whole", "bench_overheads", "bench_data", "bench_distributed",
-              "bench_tooling", "bench_method", "bench_bayes", "bench_npy"]
+              "bench_tooling", "bench_method", "bench_bayes", "bench_npy", "bench_graph"]
 
 
 def main():
