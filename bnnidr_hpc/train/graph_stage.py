@@ -64,7 +64,7 @@ def build_alone(c: Config, info: DistInfo) -> dict:
     try:
         graph = build(c, source(c.data, c.seed, device), info, device)
     except BaseException as exc:
-        if watchdog is not None:
+        if watchdog is not None and isinstance(exc, Exception):  # Ctrl-C reaches every rank: no one's failure
             watchdog.post_error(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
         distributed.shutdown(together=False)
         raise

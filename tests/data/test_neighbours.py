@@ -3,6 +3,11 @@
 recall measured, a feature file's graph, and `bnnidr-hpc neighbours`."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,6 +130,25 @@ def test_two_gloo_ranks_build_the_graph_one_rank_builds(tmp_path, capsys):
     # the same command again finds it
     assert cli.main(["neighbours", *common, f"graph.cache_dir={tmp_path / 'two'}", "--gpus", "2"]) == 0
     assert "read from the cache" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_every_rank_in_one_line_and_the_same_command_resumes(tmp_path):
+    args = [sys.executable, "-m", "bnnidr_hpc.cli", "neighbours", *TINY, "data.n=20000", "data.p=512",
+            f"run.root={tmp_path}", "--gpus", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not list(tmp_path.glob("graphs/*/part-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: every rank of the terminal's process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3
+    assert err == "bnnidr-hpc: interrupted; the same command resumes from the finished blocks\n"
+    (folder,) = (tmp_path / "graphs").iterdir()
+    done = graph_cache.finished_parts(folder)
+    assert done and not (folder / "meta.json").exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "method exact, built in" in again.stdout, again.stderr
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["rows_computed"] == 20000 - sum(b - a for a, b in done)
 
 
 @pytest.mark.parametrize("method,params,bound", [
