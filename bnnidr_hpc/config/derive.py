@@ -49,7 +49,7 @@ def derive_features(c: Config) -> None:
         label_paths = features.expand(data.labels, "data.labels")
         features.read_labels(label_paths, shards.n)
         data.labels = _absolute(label_paths, data.labels)
-    features.check_finite(shards)
+    features.check_rows(shards)
     data.p = shards.p
     _check_heldout(data.heldout, shards.n)
     held = features.heldout_rows(data, shards.n, c.eval.queries + c.eval.gallery)

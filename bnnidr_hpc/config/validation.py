@@ -39,6 +39,7 @@ MAX_INT = 2**31 - 1
 # TwoNN fits the ratio of the two nearest neighbours' distances; below this many points the
 # estimate (and so output_dim=auto) is noise.
 MIN_ID_SAMPLE = 10
+MAX_SETUP_LINES = 1000  # cluster.setup lines (and cluster.sbatch options)
 
 
 def _fail(key: str, value, allowed: str) -> None:
@@ -180,6 +181,9 @@ def _check_optimisation(c: Config) -> None:
     """The lab's batch_size, max_epochs, num_gpu, learning_rate, weight_decay, lr_schedule, optimizer(s)."""
     for key in ("batch_size", "max_epochs", "num_gpu", "num_nodes", "seed"):
         (_non_negative if key == "seed" else _positive)(key, getattr(c, key))
+    if c.loss in ("stress", "umap") and c.global_batch < 2:  # loss graph's batch counts edges, not points
+        _fail("batch_size", c.batch_size, f"at least 2 points per step with loss={c.loss}: the loss compares the "
+              f"pairs of a step's batch (batch_size x world size {c.world_size}), and one point has none")
     if c.global_batch > c.data.n:
         _fail("batch_size", c.batch_size, f"batch_size x world size {c.world_size} = {c.global_batch} exceeds "
               f"data.n={c.data.n}; at most {c.data.n // c.world_size}")
@@ -240,6 +244,13 @@ def _check_evaluation_and_resources(c: Config) -> None:
         if str(k).replace("_", "-") in ("gres", "gpus-per-node", "gpus", "ntasks-per-node", "nodes"):
             _fail(f"cluster.sbatch.{k}", cl.sbatch[k], "set by the toolkit from --gpus/--nodes; for a GPU type "
                   "use cluster.gpu_type")
+    # A setup is a few module loads and exports; each line is written out through OmegaConf (config.yaml,
+    # job.json), whose time grows with the count (200,000 lines: minutes). A long one belongs in a script.
+    if len(cl.setup) > MAX_SETUP_LINES:
+        _fail("cluster.setup", f"[{len(cl.setup)} lines]", f"at most {MAX_SETUP_LINES} lines; source a script "
+              "for more (setup: ['source /path/setup.sh'])")
+    if len(cl.sbatch) > MAX_SETUP_LINES:
+        _fail("cluster.sbatch", f"{{{len(cl.sbatch)} options}}", f"at most {MAX_SETUP_LINES} options")
     # OmegaConf lets a mapping through into these; they become lines of the sbatch script.
     for i, line in enumerate(cl.setup):
         if not isinstance(line, str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import io
+import math
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -59,12 +60,18 @@ def header(path: Path, key: str) -> Tuple[tuple, np.dtype, bool, int]:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read(f)
-            return shape, dtype, fortran, f.tell()
+            offset, size = f.tell(), os.fstat(f.fileno()).st_size
     except PermissionError:
         raise ConfigError(f"config: {key}: {str(path)!r} is not readable (permission denied)") from None
     except (ValueError, OSError) as exc:
         raise ConfigError(f"config: {key}: {str(path)!r} is not a .npy file ({str(exc).splitlines()[0]}); "
                           "save features with numpy.save") from None
+    # A copy cut short keeps its header: the memory map would fail much later, in numpy's words.
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if size < expected and not dtype.hasobject:  # object arrays are pickled: no fixed size
+        raise ConfigError(f"config: {key}: {str(path)!r} is truncated: its header promises {shape} "
+                          f"{dtype.name} ({expected} bytes), the file has {size}; copy or save it again")
+    return shape, dtype, fortran, offset
 
 
 class Shards:
@@ -181,12 +188,18 @@ def read_labels(paths: Sequence[Path], rows: int, key: str = "data.labels") -> n
     return labels
 
 
-def check_finite(shards: Shards, key: str = "data.path") -> None:
+def check_rows(shards: Shards, key: str = "data.path") -> None:
+    """On a sample of the rows: none holds NaN or inf, and they are not all one vector (a file of
+    copies: no distances to keep, and TwoNN's ratios and every AP are undefined)."""
     sample = evenly_spaced(shards.n, FINITE_CHECK_ROWS)
-    bad = (~shards.read(sample).isfinite().all(dim=1)).numpy()
+    x = shards.read(sample)
+    bad = (~x.isfinite().all(dim=1)).numpy()
     if bad.any():
         raise ConfigError(f"config: {key}: row {int(sample[bad][0])} holds NaN or inf (found in a sample of "
                           f"{len(sample)} rows); clean the features first")
+    if len(sample) > 1 and bool((x == x[0]).all()):
+        raise ConfigError(f"config: {key}: every one of {len(sample)} rows sampled is the same vector: nothing to "
+                          "reduce (were the features saved right?)")
 
 
 def heldout_rows(cfg, total: int, evaluation_rows: int) -> int:

@@ -210,5 +210,6 @@ def baseline(record: dict, name: str, key: str = "ap") -> Optional[float]:
 
 
 def fmt(value, spec: str = ".4f") -> str:
-    """A record's value for a table: '-' where there is none."""
-    return "-" if value is None else format(value, spec)
+    """A record's value for a table: '-' where there is none (None, or NaN: a figure a run could
+    not compute, such as knn recall on a gallery of one point)."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)

@@ -93,16 +93,57 @@ def load_reducer(run_dir, mc_samples: int = 1, device: str = "cpu", allow_incomp
     checkpoint = run_dir / run_files.CHECKPOINT
     if not checkpoint.is_file():
         raise ConfigError(f"reduce: {run_dir} has no {run_files.CHECKPOINT}: the run saved no weights")
-    model = Reducer(c.model_spec())
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model = _load_weights(c, checkpoint)
     mode, stats = c.data.normalize, {}
     if (run_dir / features.NORMALIZATION).is_file():
-        mode, stats = features.load_stats(run_dir / features.NORMALIZATION)
+        try:
+            mode, stats = features.load_stats(run_dir / features.NORMALIZATION)
+        except Exception as exc:  # noqa: BLE001 - truncated, not a zip, keys missing: one line
+            raise ConfigError(f"reduce: {run_dir / features.NORMALIZATION} does not load ({_first_line(exc)}); "
+                              "the run directory is damaged") from None
     if mode == "standardize" and not stats:
         raise ConfigError(f"reduce: {run_dir} lacks {features.NORMALIZATION}, the statistics its inputs were "
                           "standardised with")
     reducer = AppliedReducer(features.normalizer(mode, stats), model, mc_samples, c.run.cpu_matmul)
     return reducer.to(device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _load_weights(c: Config, checkpoint: Path) -> Reducer:
+    """The checkpoint's weights in the model c describes; a damaged checkpoint (cut short,
+    overwritten) or one of another shape is one line. The shapes are compared on a model without
+    storage first: config.yaml is read unvalidated, and a damaged size would allocate gigabytes."""
+    config = checkpoint.parent / run_files.CONFIG
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch and pickle raise a dozen kinds for a bad file
+        raise ConfigError(f"reduce: {checkpoint} does not load ({_first_line(exc)}); the run directory "
+                          "is damaged: train it again") from None
+    weights = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise ConfigError(f"reduce: {checkpoint} holds no model weights; the run directory is damaged")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in Reducer(c.model_spec()).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 - sizes and names that build no model
+        raise ConfigError(f"reduce: {config} describes no model this version builds ({_first_line(exc)}); "
+                          "the run directory is damaged") from None
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != shapes:
+        differ = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))
+        raise ConfigError(f"reduce: {checkpoint} does not fit the model of {config} ({len(differ)} tensors differ, "
+                          f"e.g. {differ[0]}: {found.get(differ[0])} in the checkpoint, {shapes.get(differ[0])} in "
+                          "the model); the two files come from different runs")
+    model = Reducer(c.model_spec())
+    try:
+        model.load_state_dict(weights)
+    except Exception as exc:  # noqa: BLE001 - the right shapes of a type that does not convert
+        raise ConfigError(f"reduce: {checkpoint}'s weights do not load ({_first_line(exc)})") from None
+    return model
 
 
 def _check_completed(run_dir: Path, allow_incomplete: bool) -> None:
@@ -113,21 +154,45 @@ def _check_completed(run_dir: Path, allow_incomplete: bool) -> None:
                           "--allow-incomplete to use its last checkpoint")
 
 
-def check_paths(reducer: AppliedReducer, inputs: Sequence[str], output: str) -> features.Shards:
+def check_paths(reducer: AppliedReducer, inputs: Sequence[str], output: str, samples: int = 1) -> features.Shards:
     """Every problem with the inputs or the output, one line, before anything is written."""
     shards = features.Shards(features.expand(list(inputs), "reduce INPUT"), key="reduce INPUT")
+    sample = features.evenly_spaced(shards.n, features.FINITE_CHECK_ROWS)
+    bad = (~shards.read(sample).isfinite().all(dim=1)).numpy()
+    if bad.any():
+        raise _not_finite(shards, int(sample[bad][0]))
     if shards.p != reducer.input_dim:
         raise ConfigError(f"reduce: the inputs have p={shards.p} columns; this run's reducer takes "
                           f"{reducer.input_dim} (its data.p)")
     out = Path(output)
     if out.suffix != ".npy":
         raise ConfigError(f"reduce: OUTPUT={output!r} is not allowed: a .npy path")
+    for target in (out, spread_path(out))[:1 + (samples > 1)]:
+        if target.exists() and not target.is_file():
+            raise ConfigError(f"reduce: OUTPUT={output!r} is not allowed: {target} exists and is not a file "
+                              "(a folder?); name a .npy file")
     parent = out.resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"reduce: OUTPUT={output!r}: {parent} is not a writable folder")
     if any(out.resolve() == p.resolve() for p in shards.paths):
         raise ConfigError(f"reduce: OUTPUT={output!r} is one of the inputs; write elsewhere")
     return shards
+
+
+def _not_finite(shards: features.Shards, row: int) -> ConfigError:
+    """Training refuses NaN and inf rows; reduced, they would be rows of NaN in OUTPUT."""
+    i = int(np.searchsorted(shards.starts, row, side="right")) - 1
+    return ConfigError(f"reduce: INPUT {str(shards.paths[i])!r} row {row - int(shards.starts[i])} holds NaN or inf "
+                       "(training refuses such rows too); clean the features first")
+
+
+def finite_block(shards: features.Shards, lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi-1 (Shards.block), checked: every row is reduced, so every row is looked at."""
+    x = shards.block(lo, hi)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise _not_finite(shards, lo + int(np.argmin(finite)))
+    return x
 
 
 def spread_path(output: Path) -> Path:
@@ -160,12 +225,13 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
         bar = tqdm(total=shards.n, unit="row", unit_scale=True, desc="reduce", disable=None if progress else True)
         with ThreadPoolExecutor(max_workers=1) as reader, torch.no_grad():
             starts = list(range(0, shards.n, block))
-            pending = reader.submit(shards.block, 0, min(block, shards.n)) if starts else None
+            # The reader thread checks each block while the reducer works on the one before.
+            pending = reader.submit(finite_block, shards, 0, min(block, shards.n)) if starts else None
             for lo in starts:
                 hi = min(lo + block, shards.n)
                 x = torch.from_numpy(pending.result())
                 if hi < shards.n:
-                    pending = reader.submit(shards.block, hi, min(hi + block, shards.n))
+                    pending = reader.submit(finite_block, shards, hi, min(hi + block, shards.n))
                 x = x.to(device, non_blocking=True)
                 if samples > 1:
                     z, spread = reducer.mean_and_spread(x, samples)
@@ -209,7 +275,7 @@ def run(run_dir: str, inputs: List[str], output: str, mc_samples: int = 1, devic
     if mc_samples > 1 and not reducer.model.bayes_layers():
         raise ConfigError(f"reduce: --mc-samples={mc_samples} is not allowed: the run is not Bayesian "
                           "(bayesian=false), so every draw is the same")
-    shards = check_paths(reducer, inputs, output)
+    shards = check_paths(reducer, inputs, output, mc_samples)
     products.use(reducer.cpu_matmul)  # the run's choice, resolved on this machine
     allocator.keep_freed_memory()
     return reduce_files(reducer, shards, output, mc_samples, block, progress)

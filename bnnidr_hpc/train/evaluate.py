@@ -67,7 +67,9 @@ class Evaluator:
 
     def _near(self) -> torch.Tensor:
         if self._near_in is None:
-            self._near_in = nearest(self.gx[:KNN_POINTS], KNN_K)
+            # A gallery of up to KNN_K points (a small held-out set) has fewer neighbours to keep;
+            # one of a single point has none, and knn_recall is NaN (null in the record).
+            self._near_in = nearest(self.gx[:KNN_POINTS], min(KNN_K, len(self.gx[:KNN_POINTS]) - 1))
         return self._near_in
 
     def input_scores(self) -> dict:

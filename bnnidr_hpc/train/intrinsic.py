@@ -24,6 +24,10 @@ from typing import List
 import torch
 
 from bnnidr_hpc.runtime import products
+from bnnidr_hpc.runtime.errors import ConfigError
+
+# Fewer nearest-neighbour ratios than this (rows that are copies of a few points) estimate nothing.
+MIN_RATIOS = 3
 
 
 def two_nearest(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
@@ -47,6 +51,8 @@ def two_nearest(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
 
 
 def log_mu(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
+    if x.shape[0] < 3:  # a point has no second neighbour (a gallery of 2): no ratio at all
+        return torch.empty(0, dtype=torch.float64, device=x.device)
     r = two_nearest(x, block).double()
     mu = r[:, 1] / r[:, 0]
     return torch.log(mu[torch.isfinite(mu) & (mu > 1.0)])
@@ -98,14 +104,22 @@ def bayes(logs: torch.Tensor, prior_shape: float = 1.0, prior_rate: float = 0.1)
 METHODS = {"mle": mle, "fit": linear_fit, "bayes": bayes}
 
 
+def _method(name: str, logs: torch.Tensor) -> Estimate:
+    """One estimate; NaN where there are too few ratios (a reducer's output collapsed to a point,
+    rows that are copies of a few): no dimension, rather than a division by zero."""
+    if logs.numel() < MIN_RATIOS:
+        return Estimate(name, math.nan, math.nan, logs.numel())
+    return METHODS[name](logs)
+
+
 def estimate(x: torch.Tensor, method: str = "mle", block: int = 2048) -> Estimate:
-    return METHODS[method](log_mu(x, block))
+    return _method(method, log_mu(x, block))
 
 
 def estimate_all(x: torch.Tensor, block: int = 2048) -> dict:
     """Every method on one set of nearest-neighbour ratios (the costly part is done once)."""
     logs = log_mu(x, block)
-    return {name: fn(logs).as_dict() for name, fn in METHODS.items()}
+    return {name: _method(name, logs).as_dict() for name in METHODS}
 
 
 def estimate_config(c, sample: int) -> dict:
@@ -115,10 +129,18 @@ def estimate_config(c, sample: int) -> dict:
     from bnnidr_hpc.data.sources import source
     from bnnidr_hpc.runtime.distributed import DistInfo, pick_device
 
+    if c.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config: run.device='cuda' is not allowed here: this machine has no CUDA device "
+                          "(use auto or cpu)")
     device = pick_device(DistInfo(), c.run.device)
     started = time.perf_counter()
     x = source(c.data, c.seed, device).sample(sample)
-    estimates = estimate_all(x)
+    logs = log_mu(x)
+    if logs.numel() < MIN_RATIOS:
+        raise ConfigError(f"estimate-id: {x.shape[0]} points of the data give {logs.numel()} nearest-neighbour "
+                          f"ratios (at least {MIN_RATIOS} needed): the rows are identical or nearly so, "
+                          "which leaves no dimension to estimate")
+    estimates = {name: fn(logs).as_dict() for name, fn in METHODS.items()}
     true_d = c.data.d if c.data.source == "sphere" else None
     return {"n": x.shape[0], "p": c.data.p, "true_d": true_d, "device": device.type, "estimates": estimates,
             "seconds": time.perf_counter() - started,
@@ -144,4 +166,7 @@ def report_lines(c, result: dict, with_json: bool = False) -> List[str]:
 def output_dim_for(dimension: float, p: int) -> int:
     """The `output_dim: auto` rule: the nearest integer to the TwoNN estimate, plus one, since a
     d-dimensional sphere needs d + 1 coordinates to keep its distances; at least 2, below p."""
+    if not math.isfinite(dimension):
+        raise ConfigError("config: output_dim='auto' is not allowed for these data: their TwoNN estimate is "
+                          "undefined (too few distinct rows); give output_dim")
     return int(min(p - 1, max(2, round(dimension) + 1)))

@@ -93,3 +93,26 @@ def test_output_dim_auto_chooses_from_the_estimate_and_records_it(tmp_path):
     assert rec["ap_retention"] >= 0.95
     assert rec["intrinsic_dim"]["gallery_output"]["dimension"] == pytest.approx(
         rec["intrinsic_dim"]["gallery_input"]["dimension"], abs=1.0)
+
+
+def test_points_with_too_few_distinct_neighbours_have_no_dimension_rather_than_an_error():
+    x = sphere(3, n=500)
+    for points in (x[:1].repeat(50, 1), torch.cat([x[:1].repeat(30, 1), x[1:2].repeat(30, 1)]), x[:2], x[:1]):
+        estimates = intrinsic.estimate_all(points)
+        assert all(np.isnan(e["dimension"]) for e in estimates.values()), estimates
+        assert np.isnan(intrinsic.estimate(points, "mle").dimension)
+    with pytest.raises(ValueError, match="output_dim='auto' is not allowed for these data"):
+        intrinsic.output_dim_for(float("nan"), 128)
+
+
+def test_estimate_id_on_a_few_distinct_rows_or_on_cuda_without_one_is_one_line(tmp_path, capsys):
+    rows = np.tile(np.eye(8, dtype=np.float32)[:2], (100, 1))  # two points, each 100 times
+    np.save(tmp_path / "two.npy", rows)
+    assert cli.main(["estimate-id", "data.source=npy", f"data.path={tmp_path / 'two.npy'}", "output_dim=2",
+                     "--sample", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rows are identical or nearly so" in err
+    if not torch.cuda.is_available():
+        assert cli.main(["estimate-id", "run.device=cuda", "--sample", "100"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "run.device='cuda' is not allowed here" in err

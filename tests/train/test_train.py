@@ -337,3 +337,28 @@ def test_each_optimizer_rule_steps_exactly_as_torch_optim(name, kw, fused, monke
     assert again.optimizers[0].steps == 6
     saved = ours.state_dict()[0]["buffers"]
     assert all(torch.equal(a, b) for k in saved for a, b in zip(again.optimizers[0]._buffers()[k], saved[k]))
+
+
+@pytest.mark.parametrize("queries,gallery", [(1, 1), (1, 2), (3, 5)])
+def test_a_held_out_set_smaller_than_the_neighbourhoods_still_evaluates(tiny, queries, gallery):
+    # knn_recall keeps up to 10 neighbours per gallery point; a smaller gallery keeps what it has
+    # (none for one point: no figure, null in the record), and the run completes.
+    c = tiny(f"eval.queries={queries}", f"eval.gallery={gallery}")
+    rec = run_local(c, run_dir_for(c))
+    assert rec["status"] == "completed" and rec["epochs_done"] == 3
+    saved = json.loads((run_dir_for(c) / "record.json").read_text())
+    if gallery == 1:
+        assert saved["knn_recall"] is None
+    else:
+        assert 0 <= saved["knn_recall"] <= 1
+
+
+def test_a_step_of_one_point_is_refused_before_anything_is_created(tmp_path, capsys):
+    from conftest import TINY
+
+    root = tmp_path / "runs"
+    for loss in ("umap", "stress"):
+        assert cli.main(["run", *TINY, f"run.root={root}", "batch_size=1", f"loss={loss}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "batch_size=1 is not allowed: at least 2 points per step" in err
+    assert not root.exists()
