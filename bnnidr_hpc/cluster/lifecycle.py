@@ -25,14 +25,16 @@ from bnnidr_hpc.records import run_files, run_record
 
 def log_files(run_dir: Path, rank: int) -> List[Path]:
     """Every job's stdout and stderr of one rank, oldest job first."""
-    job = run_files.read_job(run_dir)
+    job = status.read_job(run_dir)  # fields of the wrong type left out
     if not job:
-        raise ValueError(f"logs: {run_dir} has no job.json (only submitted runs have Slurm logs)")
+        raise ValueError(f"logs: {run_dir} has no readable job.json (only submitted runs have Slurm logs)")
     files = []
     for entry in [*job.get("earlier_jobs", []), job]:
         for key in ("stdout", "stderr"):
             if entry.get(key):  # submitit names rank 0's files; the others differ in the task number
                 files.append(Path(entry[key].replace("_0_log.", f"_{rank}_log.")))
+    if not files:
+        raise ValueError(f"logs: {run_dir / run_files.JOB} names no log file (no stdout or stderr path)")
     return files
 
 
@@ -74,8 +76,8 @@ def cancel(root: Path) -> List[str]:
     jobs = []
     for run_dir in status.find_run_dirs(root):
         fields = status.slurm_view(run_dir)  # {} for a job the cluster no longer knows as this run's
-        if fields and fields.get("JobState") not in status.TERMINAL:
-            job = run_files.read_job(run_dir)
+        job = status.read_job(run_dir)
+        if fields and fields.get("JobState") not in status.TERMINAL and job.get("job_id"):
             jobs.append((job["job_id"], job.get("slurm_conf")))
     for conf in {c for _, c in jobs}:
         ids = [j for j, c in jobs if c == conf]
@@ -99,13 +101,13 @@ def retry_points(root: Path, states: Optional[List[str]]):
     from bnnidr_hpc.config.loading import from_dict
 
     wanted = states or RETRIED
-    manifest = (run_files.read_json(root / run_files.MANIFEST) or {}).get("points", {})
+    manifest = status.manifest_points(root / run_files.MANIFEST)
     points = []
     for run_dir in status.find_run_dirs(root):
         if status.run_status(run_dir)["state"] not in wanted:
             continue
-        saved = (run_files.read_job(run_dir) or {}).get("config") or manifest.get(run_dir.name, {}).get("config")
-        if saved is None:
+        saved = status.read_job(run_dir).get("config") or manifest.get(run_dir.name, {}).get("config")
+        if not isinstance(saved, dict):
             raise ValueError(f"retry: {run_dir} has no saved config (submitted by an older version); "
                              "submit it again")
         points.append(Point(from_dict(saved), run_dir))

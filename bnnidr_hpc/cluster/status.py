@@ -14,6 +14,7 @@ of two clusters cannot be confused.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -68,12 +69,38 @@ def job_state(job_id: Optional[str], slurm_conf: Optional[str] = None) -> Dict[s
 
 # Slurm's fields kept in job.json once the job has ended.
 KEPT = ("JobState", "Reason", "ExitCode", "Restarts", "NodeList")
+# job.json's fields and their types. A field of another type (a hand edit, a damaged copy) is
+# read as missing, so that status, logs, cancel and retry still work from the rest.
+JOB_TYPES = {"job_id": (str, int), "executor": str, "slurm_conf": str, "stdout": str, "stderr": str,
+             "final_slurm_state": dict, "earlier_jobs": list, "config": dict, "gpus_per_node": int}
+
+
+def read_job(run_dir: Path) -> dict:
+    """job.json with every field of the wrong type left out ({} where there is none)."""
+    job = {k: v for k, v in (run_files.read_job(run_dir) or {}).items()
+           if k not in JOB_TYPES or (isinstance(v, JOB_TYPES[k]) and not isinstance(v, bool))}
+    if "job_id" in job:
+        job["job_id"] = str(job["job_id"])
+    if "final_slurm_state" in job:
+        job["final_slurm_state"] = {k: v for k, v in job["final_slurm_state"].items() if isinstance(v, str)}
+    if "earlier_jobs" in job:
+        job["earlier_jobs"] = [{k: v for k, v in e.items() if isinstance(v, str)}
+                               for e in job["earlier_jobs"] if isinstance(e, dict)]
+    return job
+
+
+def count(value) -> int:
+    """A restart count as Slurm or a record says it; 0 where it is not one."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def slurm_view(run_dir: Path) -> Dict[str, str]:
     """Slurm's fields for a run submitted to Slurm, else {}. A final state is kept in job.json,
     so a job the cluster has forgotten still shows how it ended."""
-    job = run_files.read_job(run_dir) or {}
+    job = read_job(run_dir)
     if job.get("executor") != "slurm":
         return {}
     fields = job_state(job.get("job_id"), job.get("slurm_conf"))
@@ -83,7 +110,7 @@ def slurm_view(run_dir: Path) -> Dict[str, str]:
         return job.get("final_slurm_state") or {}
     if fields.get("JobState") in TERMINAL and job.get("final_slurm_state") is None:
         now = run_files.read_job(run_dir) or {}
-        if now.get("job_id") == job.get("job_id"):  # not resubmitted meanwhile
+        if str(now.get("job_id")) == job.get("job_id"):  # not resubmitted meanwhile
             try:
                 run_files.write_json(Path(run_dir) / run_files.JOB,
                                    {**now, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
@@ -114,7 +141,8 @@ def find_run_dirs(root: Path) -> List[Path]:
     found = {p.parent for pattern in (run_files.RECORD, run_files.JOB) for depth in ("*", "*/*")
              for p in root.glob(f"{depth}/{pattern}") if ".replaced-" not in p.parent.name}  # set aside by --force
     for manifest in [root / run_files.MANIFEST, *root.glob(f"*/{run_files.MANIFEST}")]:
-        found.update(manifest.parent / name for name in (run_files.read_json(manifest) or {}).get("points", {}))
+        found.update(manifest.parent / name for name in manifest_points(manifest)
+                     if name and "/" not in name and name not in (".", ".."))
     return sorted(found)
 
 
@@ -130,11 +158,17 @@ def labelled_run_dirs(roots: List[Path]) -> Dict[Path, str]:
     return labels
 
 
+def manifest_points(manifest: Path) -> Dict[str, dict]:
+    """A sweep manifest's points by run directory name; {} for a damaged manifest, and a point
+    that is not a mapping is left out."""
+    points = (run_files.read_json(manifest) or {}).get("points")
+    return {k: v for k, v in points.items() if isinstance(v, dict)} if isinstance(points, dict) else {}
+
+
 def not_submitted(run_dir: Path) -> Optional[str]:
     """Why Slurm refused this point of a sweep, where its manifest says so."""
-    entry = ((run_files.read_json(Path(run_dir).parent / run_files.MANIFEST) or {}).get("points") or {}).get(
-        Path(run_dir).name) or {}
-    return entry.get("not_submitted")
+    why = manifest_points(Path(run_dir).parent / run_files.MANIFEST).get(Path(run_dir).name, {}).get("not_submitted")
+    return why if isinstance(why, str) else None
 
 
 def _state(rec: dict, job: dict, slurm: dict, held: bool = True) -> tuple:
@@ -180,12 +214,38 @@ def _failure_detail(job: dict, slurm: dict) -> str:
     return f"Slurm: {slurm_says or 'failed'}"
 
 
+# The record's fields status shows, and their types; another type is shown as missing.
+RECORD_TYPES = {"status": str, "error": str, "epochs_done": int, "max_epochs": int, "final_loss": (int, float),
+                "ap_out": (int, float), "ap_retention": (int, float), "total_seconds": (int, float),
+                "world_size": int, "slurm_job_id": (str, int), "epochs": list}
+
+
+def _typed(value, types) -> bool:
+    """value is of types, and a number among them one a table can print (not bool, not 1e400)."""
+    if isinstance(value, bool) or not isinstance(value, types):
+        return False
+    try:
+        return not isinstance(value, (int, float)) or math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def usable_record(run_dir: Path) -> dict:
+    """record.json with every field status reads of the wrong type left out."""
+    rec = {k: v for k, v in (run_files.read_record(run_dir) or {}).items()
+           if k not in RECORD_TYPES or _typed(v, RECORD_TYPES[k])}
+    last = (rec.get("epochs") or [{}])[-1]
+    speed = last.get("samples_per_s") if isinstance(last, dict) else None
+    rec["epochs"] = [{"samples_per_s": speed if _typed(speed, (int, float)) else None}]
+    return rec
+
+
 def run_status(run_dir: Path) -> dict:
     """One run's state, with epoch, loss, AP, samples/s, runtime, restarts and, on failure, the error."""
-    rec = run_files.read_record(run_dir) or {}
-    job = run_files.read_job(run_dir) or {}
+    rec = usable_record(run_dir)
+    job = read_job(run_dir)
     slurm = slurm_view(run_dir)
-    restarts = max(int(slurm.get("Restarts", 0) or 0), int(rec.get("restarts", 0) or 0))
+    restarts = max(count(slurm.get("Restarts")), count(rec.get("restarts")))
     state, detail = _state(rec, job, slurm, held=bool(job) or run_files.is_held(run_dir))
     if state in run_record.ENDED_BY_SLURM and rec:
         slurm_end.keep(run_dir, state, detail, rec)  # collect reads records only
@@ -203,14 +263,6 @@ def run_status(run_dir: Path) -> dict:
         "runtime_s": rec.get("total_seconds"), "world_size": rec.get("world_size") or job.get("gpus_per_node"),
         "restarts": restarts, "detail": detail, "submitted": bool(job),
     }
-
-
-def count(value) -> int:
-    """A restart count as Slurm or a record says it; 0 where it is not one."""
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError, OverflowError):
-        return 0
 
 
 def _restart_detail(rec: dict, job: dict, slurm: dict) -> str:
@@ -255,10 +307,10 @@ def new_epoch_lines(run_dir: Path, seen: int) -> tuple:
     for line in lines[seen:]:
         try:
             e = json.loads(line)
-        except ValueError:
+            out.append(f"{run_dir.name}: epoch {e['epoch']} loss {e['loss']:.4f} AP {fmt(e['ap'], '.3f')} "
+                       f"{e['samples_per_s']:.0f} samples/s")
+        except (ValueError, TypeError, KeyError, OverflowError):  # a damaged line: the table still says
             continue
-        out.append(f"{run_dir.name}: epoch {e['epoch']} loss {e['loss']:.4f} AP {fmt(e['ap'], '.3f')} "
-                   f"{e['samples_per_s']:.0f} samples/s")
     return out, len(lines)
 
 
