@@ -13,7 +13,9 @@ runtime) and more; --format json and csv add hosts, how many distinct hosts a ru
 speedup and efficiency left empty (null), and one line under the table names it. Failed, running,
 interrupted and diverged runs, and completed runs left out of the table, are listed under it. A bad
 optional figure (a NaN loss) is shown as "-". A file that was skipped is named on stderr with why.
---format json is strict JSON (null for NaN). Exit status 1 only when no record could be read.
+--format json is strict JSON (null for NaN). Exit status 1 only when no record could be read (or the
+plot could not be written), 2 for a bad argument (one line, before anything is read), 141 when the
+reader of the output left early (`| head`), as for a Unix tool stopped by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import csv
 import io
 import json
 import math
+import os
+import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -117,13 +121,23 @@ def _say(text: str, file=None) -> None:
     print(text.encode(encoding, "backslashreplace").decode(encoding), file=file)
 
 
+MAX_ERROR = 300  # characters of a record's error in a listing; the record keeps it whole
+
+
+def _cut(error) -> str:
+    text = str(error)
+    if len(text) <= MAX_ERROR:
+        return text
+    return f"{text[:MAX_ERROR]}... ({len(text) - MAX_ERROR} more characters in its record.json)"
+
+
 def _list_apart(not_done: List[dict], left: List[Tuple[str, str]], file) -> None:
     """The runs not in the table, one line each: never averaged in."""
     if not_done or left:
         print("\nNot in the table:", file=file)
     for r in not_done:
         line = f"  {r['status']}: {r['run_dir']} (epoch {r['epochs_done']}/{r['max_epochs']})"
-        _say(line + (f": {r['error']}" if r["error"] else ""), file)
+        _say(line + (f": {_cut(r['error'])}" if r["error"] else ""), file)
     for run_dir, why in left:
         _say(f"  completed, left out: {run_dir}: {why}", file)
 
@@ -153,14 +167,58 @@ def _output_dim_view(recs: List[dict], fmt: str) -> int:
     return 0
 
 
+class _Refused(Exception):
+    """A bad argument; str() is the one line shown."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage block and exit, as one line
+        raise _Refused(f"collect: {message} (collect --help)")
+
+
+def check_plot(path: str) -> None:
+    """--plot's file, before anything is read: a format matplotlib writes, in a writable folder."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = os.path.splitext(path)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise _Refused(f"collect: --plot={path!r} is not allowed: a file ending in one of "
+                       f"{', '.join('.' + f for f in sorted(formats))}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise _Refused(f"collect: --plot={path!r} is not allowed: {folder} is not a writable folder")
+    if os.path.isdir(path):
+        raise _Refused(f"collect: --plot={path!r} is not allowed: it is a folder")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="collect", description=__doc__.split("\n\n")[0])
+    """The command: exit 0, 1 when no record could be read, 2 for a bad argument (one line)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a reader that left is caught, not in the interpreter's exit
+        return code
+    except _Refused as exc:
+        _say(str(exc))
+        return 2
+    except BrokenPipeError:  # `collect ... | head`: the reader left; the rest goes nowhere
+        try:  # the exit's flush of stdout would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured): nothing to flush there
+            pass
+        return 128 + signal.SIGPIPE  # what a shell reports for a tool SIGPIPE stopped
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    parser = _Parser(prog="collect", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched for record.json)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     parser.add_argument("--plot", metavar="FILE.png", help="runtime and efficiency against GPU count")
     parser.add_argument("--view", choices=("scaling", "output_dim"), default="scaling",
                         help="output_dim: AP retention against output_dim, reducer beside PCA (a sweep of it)")
     ns = parser.parse_args(argv)
+    if ns.plot:
+        check_plot(ns.plot)
 
     got = collect(ns.dirs)
     for path, why in got.skipped:
@@ -198,7 +256,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ns.format != "json":
         _list_apart(not_done, got.left_out, sys.stdout if ns.format == "markdown" else sys.stderr)
     if ns.plot and rows:
-        plot(rows, ns.plot)
+        try:
+            plot(rows, ns.plot)
+        except OSError as exc:  # the disk filled, the folder went away
+            _say(f"collect: --plot={ns.plot!r}: not written ({exc.strerror or exc})")
+            return 1
         print(f"plot: {ns.plot}", file=sys.stderr)
     return 0
 

@@ -12,9 +12,10 @@ fixed): efficiency = epoch seconds of the family's 1-GPU run / the row's. Withou
 base is assumed: those figures are None. Failed, running, interrupted and diverged runs are kept
 apart, never averaged in; so is a completed run whose n, p, d, batch size, world size or epoch time
 is missing or impossible (NaN, Infinity, 0), or whose num_nodes x num_gpu is not its world size. A
-bad optional figure (a NaN loss) is None in the row and not aggregated. Any file is survived: one
-that cannot be read (binary, truncated, too deep, a FIFO, a dangling symlink, foreign) or repeats a
-run already read (a copy) is skipped, with why.
+bad optional figure (a NaN loss, an AP outside [0, 1], a negative AP retention) is None in the row
+and not aggregated. Any file is survived: one that cannot be read (binary, truncated, too deep, a
+FIFO, a dangling symlink, foreign), repeats a run already read (a copy) or was set aside by `run
+--force` (RUN.replaced-DATE, unless named itself) is skipped, with why.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bnnidr_hpc.runtime.dotted import flatten
 SPREAD_KEYS = ("num_gpu", "num_nodes", "run", "cluster")
 MAX_DEPTH = 64  # a config nests ~3 deep; deeper data would overflow flatten's and json.dumps' recursion
 IDENTITY = ("n", "p", "batch_size", "world_size")  # a table row cannot be placed without these
+SET_ASIDE = ".replaced-"  # run_files.set_aside's mark: the earlier copy of a run trained again
 
 
 def _finite(v) -> bool:
@@ -56,7 +58,9 @@ OPTIONAL = {"d": _count,  # None for feature files: their intrinsic dimension is
             "samples_per_s": _positive, "samples_per_s_per_gpu": _positive, "steps_per_epoch": _count,
             # loss: graph: the k-NN graph stage of the session, 0 where its cache had the graph
             "graph_seconds": lambda v: _finite(v) and v >= 0,
-            "final_loss": _finite, "ap_out": _finite, "ap_retention": _finite,
+            # An AP is a precision, in [0, 1]; its retention a ratio of two, >= 0 (above 1 where reduction helped).
+            "final_loss": _finite, "ap_out": lambda v: _finite(v) and 0 <= v <= 1,
+            "ap_retention": lambda v: _finite(v) and v >= 0,
             "hosts": _host_names}  # every rank's host name, index = rank (older records: none)
 # The fields collect reads, flattens or prints; it never walks the others (the epochs history is the bulk).
 USED = ("config", "run_dir", "updated_at", "status", "error", "epochs_done", "max_epochs", "steady_epoch_seconds",
@@ -265,7 +269,12 @@ def collect(paths: List[str]) -> Collected:
     found, skipped = record_files.find_records(paths)
     got = Collected([], [], [], [], skipped)
     first: Dict[str, str] = {}
+    named = {os.path.realpath(p) for p in paths}
     for path in found:
+        folder = os.path.dirname(path)
+        if SET_ASIDE in os.path.basename(folder) and os.path.realpath(folder) not in named:
+            skipped.append((path, f"set aside by `run --force` (a {SET_ASIDE}* folder): a run repeated, not another"))
+            continue
         rec, why = read(path)
         if rec is None:
             skipped.append((path, why))

@@ -389,3 +389,55 @@ def test_output_dim_view_sets_the_relevance_priors_one_run_estimate_beside_the_s
     assert group["relevance"] == one_run["dimension"] is not None
     assert main([str(plain[0].parent), "--view", "output_dim"]) == 0
     assert f"relevance prior's one-run estimate: {one_run['dimension']}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("plot,expected", [("missing/s.png", "is not a writable folder"),
+                                           ("s.unknown", "a file ending in one of"), ("d.png", "it is a folder")])
+def test_a_plot_that_cannot_be_written_is_refused_in_one_line_before_reading(tmp_path, capsys, monkeypatch, plot,
+                                                                            expected):
+    write(tmp_path, "a", fake_record(1, 8.0))
+    (tmp_path / "d.png").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tmp_path), "--plot", plot]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("collect: --plot=") and expected in err
+
+
+def test_bad_arguments_are_one_line_and_collect_help_works_through_the_cli(tmp_path, capsys):
+    from bnnidr_hpc import cli
+
+    for argv in (["--format", "xml", str(tmp_path)], ["--nope", str(tmp_path)], []):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("collect: ") and "usage" not in err, err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["collect", "--help"])
+    assert exit_.value.code == 0 and "usage: collect" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_ends_collect_quietly(tmp_path):
+    for i in range(50):
+        write(tmp_path, f"r{i}", fake_record(1, 8.0, lr=i / 1000))
+    script = REPO / "tools" / "collect.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: gone before collect writes its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""  # as a Unix tool stopped by SIGPIPE; no traceback
+
+
+def test_impossible_aps_set_aside_runs_and_long_errors(tmp_path, capsys):
+    write(tmp_path, "a", fake_record(1, 8.0) | {"ap_retention": 0.9, "ap_out": 0.8})
+    bad = write(tmp_path, "b", fake_record(1, 8.0) | {"ap_retention": -2.02, "ap_out": 1.5})
+    write(tmp_path, "a.replaced-20261206-101010", fake_record(1, 1.0))  # `run --force` set it aside
+    failed = write(tmp_path, "f", fake_record(2, 4.0, status="failed") | {"error": "E" * 100_000})
+    assert main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    (row,) = markdown_rows(out)
+    assert (row["runs"], row["AP retention"], row["AP"], row["epoch runtime (s)"]) == ("2", "0.9", "0.8", "8")
+    assert line_with(err, bad / "record.json", "not aggregated", "ap_retention=-2.02", "ap_out=1.5")
+    assert line_with(err, "skipped", "a.replaced-20261206-101010", "set aside")
+    line = line_with(out, f"failed: {failed}")
+    assert len(line) < 600 and line.endswith("(99700 more characters in its record.json)")
+    assert main([str(tmp_path / "a.replaced-20261206-101010")]) == 0  # named itself, it is read
+    assert markdown_rows(capsys.readouterr().out)[0]["epoch runtime (s)"] == "1"
