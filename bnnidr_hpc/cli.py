@@ -45,6 +45,13 @@ class UsageError(Exception):
     """Bad command-line input; str() is the one line shown."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag or value as one line (exit 2) instead of its usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} ({self.prog} --help)")
+
+
 def split_config_and_overrides(args: List[str]) -> Tuple[Optional[str], List[str]]:
     config, overrides = None, []
     for i, arg in enumerate(args):
@@ -214,9 +221,9 @@ def cmd_estimate_id(ns) -> int:
     from bnnidr_hpc.train import intrinsic
 
     config_path, overrides = split_config_and_overrides(ns.args)
-    c = load(config_path, overrides)
     if ns.sample < 3:
         raise UsageError(f"--sample={ns.sample} is not allowed: at least 3 points")
+    c = load(config_path, overrides)
     result = intrinsic.estimate_config(c, ns.sample)
     for line in intrinsic.report_lines(c, result, ns.json):
         print(line)
@@ -247,7 +254,7 @@ def cmd_collect(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnnidr-hpc", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="bnnidr-hpc", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train locally: CONFIG (a YAML file; default: built-in) and key=value overrides")
     run.add_argument("args", nargs="*", metavar="CONFIG|key=value")
@@ -308,15 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    # Overrides may come before or after the options: collect the stray positionals.
-    ns, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-")]
-    if unknown or (extra and not hasattr(ns, "args")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    if extra:
-        ns.args = list(ns.args) + extra
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        # Overrides may come before or after the options: collect the stray positionals.
+        ns, extra = build_parser().parse_known_args(argv)
+        if ns.command == "collect":  # every argument after the word is collect's own, --help included
+            ns.rest, extra = argv[argv.index("collect") + 1:], []
+        unknown = [a for a in extra if a.startswith("-")]
+        if unknown or (extra and not hasattr(ns, "args")):
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown or extra)} (bnnidr-hpc --help)")
+        if extra:
+            ns.args = list(ns.args) + extra
         return ns.func(ns)
     except (ConfigError, UsageError, RunDirBusy) as exc:
         print(f"bnnidr-hpc: {exc}", file=sys.stderr)

@@ -84,10 +84,21 @@ def check_local(c: Config) -> None:
                               "(use auto or cpu, or submit to GPU nodes)")
 
 
+def make_root(root: str) -> None:
+    """run.root, the first folder a run makes. Validation only looks (it creates nothing), and a
+    root may pass every look and still refuse a folder (/proc, a read-only mount): bad input, exit 2."""
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"config: run.root={root!r} is not allowed: it cannot be created "
+                          f"({exc.strerror or exc})") from None
+
+
 def run_local(c: Config, run_dir: Path) -> dict:
     """Train c.world_size ranks on this machine: this process alone, this process as one of
     torchrun's ranks, or c.world_size spawned ranks (one per GPU, or gloo CPU processes)."""
     check_local(c)
+    make_root(c.run.root)
     launched = distributed.describe()
     if launched.source == "torch":  # started by torchrun (or another launcher setting RANK/WORLD_SIZE)
         return train(c, run_dir, launched, StopFlag((signal.SIGTERM, signal.SIGINT)))

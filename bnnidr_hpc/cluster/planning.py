@@ -69,6 +69,9 @@ def expand_sweep(overrides: List[str]) -> List[List[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from bnnidr_hpc.config.raw_checks import check_raw_overrides
+
+    check_raw_overrides(overrides)  # sizes and nesting first: Hydra's parser takes minutes on a huge list
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:

@@ -24,6 +24,7 @@ from typing import List, Tuple
 from bnnidr_hpc.cluster.planning import RESUME, SUBMIT, Plan, Point, code_dir, pending_groups
 from bnnidr_hpc.cluster.sbatch import slurm_executor
 from bnnidr_hpc.cluster.slurm_queries import cluster_identity, last_line, slurm_reason
+from bnnidr_hpc.cluster.status import read_job
 from bnnidr_hpc.config.schema import Config, to_dict
 from bnnidr_hpc.records import run_files, run_record
 
@@ -36,7 +37,11 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
     """Submit the points whose action is submit or resume: ((point, job info) for each submitted,
     (points, Slurm's reason) for each group Slurm refused). A refused group leaves nothing behind;
     a sweep's manifest lists every point, submitted or not."""
+    from bnnidr_hpc.cluster.job import make_root
+
     todo = pending_groups(p)
+    for root in sorted({str(point.config.run.root) for group in todo for point in group}):
+        make_root(root)  # one that cannot be made (/proc/x) is bad input, exit 2, before anything is written
     if force:  # before the code is frozen: a single run's frozen code lives in its run directory
         for point in (pt for group in todo for pt in group):
             run_files.set_aside(point.run_dir)
@@ -51,7 +56,7 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
             continue
         controller = controller if local or submitted else cluster_identity()
         for point, job in zip(group, jobs):
-            earlier = run_files.read_job(point.run_dir) or {}
+            earlier = read_job(point.run_dir)  # a damaged field is left out, not carried on
             history = earlier.pop("earlier_jobs", []) + ([{k: earlier.get(k) for k in ("job_id", "stdout", "stderr")}]
                                                          if earlier.get("job_id") else [])
             info = {"job_id": str(job.job_id), "submitted_at": time.time(), "executor": "local" if local else "slurm",

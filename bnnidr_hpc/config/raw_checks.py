@@ -25,6 +25,10 @@ from bnnidr_hpc.runtime.errors import ConfigError
 # The schema nests 4 levels (optimizers[i].schedule.name); deeper input is a mistake, and far
 # deeper input overflows the recursion of the YAML and OmegaConf parsers.
 MAX_DEPTH = 16
+# A config holds a few hundred values. Hydra and OmegaConf take ~0.6 ms per value (a cluster.setup
+# of 200,000 lines: over two minutes) before any check runs, so a size is refused before them.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_VALUES = 10_000
 
 
 def check_yaml(path: Path) -> None:
@@ -48,6 +52,10 @@ def check_yaml(path: Path) -> None:
 def _read_yaml(path: Path) -> Any:
     import yaml
 
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config: {path} is {size} bytes: a config file is at most {MAX_CONFIG_BYTES} "
+                          "(long lists, such as setup lines, belong in a script the config names)")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -65,12 +73,16 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _check_depth(where: str, value: Any) -> None:
-    """Iterative, so that the check itself cannot overflow the stack."""
-    stack = [(value, 1)]
+    """Iterative, so that the check itself cannot overflow the stack; also bounds the values."""
+    stack, seen = [(value, 1)], 0
     while stack:
         node, depth = stack.pop()
+        seen += 1
         if depth > MAX_DEPTH:
             raise ConfigError(f"config: {where} nests deeper than {MAX_DEPTH} levels")
+        if seen > MAX_VALUES:
+            raise ConfigError(f"config: {where} holds more than {MAX_VALUES} values: a config holds a few hundred "
+                              "(long lists, such as setup lines, belong in a script the config names)")
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         stack.extend((child, depth + 1) for child in children)
 
@@ -80,6 +92,8 @@ def check_raw_overrides(overrides: List[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for o in overrides:
+        if o.count(",") >= MAX_VALUES:
+            raise ConfigError(f"config: {o.split('=', 1)[0]}=... is not allowed: more than {MAX_VALUES} values")
         if _bracket_depth(o) > MAX_DEPTH:
             raise ConfigError(f"config: {o.split('=', 1)[0]}=... is not allowed: nests deeper than {MAX_DEPTH} levels")
     try:
