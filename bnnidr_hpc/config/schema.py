@@ -226,7 +226,7 @@ class GraphConfig:
     cache_dir: Optional[str] = None
     min_dist: float = 0.1
     spread: float = 1.0
-    negatives: int = 5
+    negatives: int = 2  # of 1, 2, 5 on digits at output_dim 2, 2 kept the most AP (docs/method.md)
     labels: bool = False
     target_weight: float = 0.5
 
