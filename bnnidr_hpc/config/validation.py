@@ -228,12 +228,12 @@ def _check_evaluation_and_resources(c: Config) -> None:
     for key in ("cpus_per_task", "timeout_min", "signal_delay_s"):
         _positive(f"cluster.{key}", getattr(cl, key))
     _non_negative("cluster.max_requeues", cl.max_requeues)
+    if cl.signal_delay_s >= cl.timeout_min * 60:  # the warning would come before the job could start
+        _fail("cluster.signal_delay_s", cl.signal_delay_s, f"under cluster.timeout_min x 60 = {cl.timeout_min * 60} s")
     if cl.mem_gb is not None:
         _positive("cluster.mem_gb", cl.mem_gb, float)
     for g in c.sweep.gpus:
         _positive("sweep.gpus", g)
-    if cl.signal_delay_s >= cl.timeout_min * 60:  # the warning would come before the job could start
-        _fail("cluster.signal_delay_s", cl.signal_delay_s, f"under cluster.timeout_min x 60 = {cl.timeout_min * 60} s")
     if cl.gpu_type is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(cl.gpu_type)):
         _fail("cluster.gpu_type", cl.gpu_type, "a GPU type as the cluster's gres names it, e.g. a100 or h100")
     if cl.gpu_type is not None and cl.gres_gpus is False:
