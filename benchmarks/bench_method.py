@@ -3,7 +3,11 @@ its default, and loss=graph) beside PCA and UMAP at output_dim 2, 4 and 8, each 
 error and wall time, every figure beside its target (issue 25, item 4); a supervised row
 (graph.labels=true) apart, beside LDA and supervised UMAP; and the training step's cost.
 
-  python benchmarks/bench_method.py [--quick] [key=value ...]    # about 25 min; --quick about 6 min
+  python benchmarks/bench_method.py [--quick] [key=value ...]
+
+--quick runs 25 trainings and 14 UMAP fits: 26 min on the 2-core AMD EPYC while other jobs held its
+load at 8-15 (2026-12-06, with run.threads=1); not yet timed on an idle machine. The full run has
+about twice the trainings.
 
 Data (method_data.py): scikit-learn's digits (1797 x 64, 10 classes; seeds 0, 1, 2: each seed is
 another held-out split and another training), wine (178 x 13, 3 classes) and breast_cancer (569 x 30,
