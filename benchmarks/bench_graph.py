@@ -31,6 +31,7 @@ rates are printed without a target: the issue sets none.
 """
 
 import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -208,12 +209,16 @@ def main():
     quick = quick_flag()
     allocator.keep_freed_memory()
     report = Report("graph", quick)
+    # A shared machine's other work slows the build and its roofline rounds alike only if it lasts
+    # the whole run: its load is printed beside the figures.
+    report.add(f"load average at the start ({os.cpu_count()} cores)", os.getloadavg()[0], "")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         exact_flops = exact_graph(report, root, EXACT_ROWS[quick])
         gloo_efficiency(report, root, GLOO_ROWS[quick])
         faiss_graph(report, root, FAISS_ROWS[quick], exact_flops)
     steps(report, quick)
+    report.add("load average at the end", os.getloadavg()[0], "")
     report.finish()
 
 

@@ -50,7 +50,8 @@ from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train.optim import Optimizers
 from bnnidr_hpc.train.step import make_step
 
-# Dense peaks in TFLOP/s (NVIDIA's data sheets, without sparsity), the first name found in the device's.
+# Dense peaks in TFLOP/s (NVIDIA's data sheets, without sparsity), the first name found in the device's
+# (so the longer names first); others are compared with their measured product rate.
 PEAKS = [
     ("H100 PCIe", {"bf16": 756, "tf32": 378, "fp32": 51}),
     ("H100 NVL", {"bf16": 835, "tf32": 418, "fp32": 60}),
@@ -59,8 +60,6 @@ PEAKS = [
     ("GH200", {"bf16": 989, "tf32": 495, "fp32": 67}),
     ("A100", {"bf16": 312, "tf32": 156, "fp32": 19.5}),
     ("L40S", {"bf16": 362, "tf32": 183, "fp32": 91.6}),
-    ("A10", {"bf16": 125, "tf32": 62.5, "fp32": 31.2}),
-    ("L4", {"bf16": 121, "tf32": 60, "fp32": 30.3}),
 ]
 FULL = {"p": 1536, "graph_rows": 300_000, "check_rows": 4096, "batch": 1024, "check_batch": 256,
         "reduce_rows": 200_000, "product": 8192}
