@@ -8,6 +8,7 @@ invalid for its key whatever the rest of the config says, so a pass is never luc
 
 import contextlib
 import io
+import json
 import math
 import os
 import string
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import CONF
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
@@ -30,9 +31,11 @@ HEADER = "defaults: [bnnidr_schema, _self_]\n"
 # Words OmegaConf or Hydra read as something other than a plain string, or that a key accepts.
 SPECIAL = {"true", "false", "null", "none", "nan", "inf", "infinity", "auto", "yes", "no", "on", "off", "y", "n",
            *ACTIVATIONS, *DEVICES, *EMBEDDINGS, *OPTIMIZERS, *PRECISIONS, *SCHEDULES}
-# 100 examples per test keep the file near 30 s on 2 cores; BNNIDR_FUZZ_EXAMPLES=2000 fuzzes deeper.
+# 60 examples per config test (15 per damaged-file test) keep the file near 35 s on 2 busy cores;
+# BNNIDR_FUZZ_EXAMPLES=2000 fuzzes deeper.
 # No explain phase: it traces every line Hydra runs while replaying a failure, which took many GB.
-FUZZ = settings(max_examples=int(os.environ.get("BNNIDR_FUZZ_EXAMPLES", 100)), deadline=None, database=None,
+EXAMPLES = int(os.environ.get("BNNIDR_FUZZ_EXAMPLES", 60))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 phases=[Phase.explicit, Phase.generate, Phase.shrink],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -219,3 +222,259 @@ def test_bad_yaml_files_are_refused_in_one_line(command, content, name):
         folder.mkdir()
         (folder / name).write_bytes(content)
         assert_refused([*command, str(folder / name), f"run.root={root}"], root, folder, Path(tmp))
+
+
+# ----------------------------------------------------------------------------- damaged files
+# Not only configs: the files every other command reads. Feature files for estimate-id and reduce,
+# a trained run directory for reduce, job.json / record.json / sweep.json for the lifecycle
+# commands, record.json for collect. Each is damaged at random (cut short, bytes flipped, fields of
+# any JSON type); every case must end in exit 0, or one line and exit 2 (1 where collect found no
+# record): never a traceback. Fewer examples than above: each one reads or writes real files.
+FILES = settings(FUZZ, max_examples=max(10, EXAMPLES // 4))
+REAL_RUN_LOCAL = __import__("bnnidr_hpc.cluster.job", fromlist=["run_local"]).run_local
+REAL_ESTIMATE = __import__("bnnidr_hpc.train.intrinsic", fromlist=["estimate_config"]).estimate_config
+P = 8  # the feature width of the trained run below
+
+
+def outcome(argv, allowed=(0, 2)):
+    """(exit status, stdout, stderr) of cli.main(argv); a traceback fails the test, and so does more
+    than one line on stderr with a non-zero status."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = cli.main(argv)
+    text = err.getvalue()
+    assert code in allowed, (argv, code, text)
+    assert "Traceback" not in text + out.getvalue(), (argv, text)
+    if code:
+        assert text.count("\n") == 1 and text.startswith("bnnidr-hpc: "), (argv, text)
+    event(f"{argv[0]} exit {code}")  # --hypothesis-show-statistics: how often each command got through
+    return code, out.getvalue(), text
+
+
+@st.composite
+def mutated(draw, blob: bytes) -> bytes:
+    """blob cut short, with bytes flipped, with bytes appended, or replaced by random bytes."""
+    how = draw(st.sampled_from(["whole", "cut", "flip", "append", "random"]))
+    if how == "cut":
+        return blob[:draw(st.integers(0, max(0, len(blob) - 1)))]
+    if how == "flip" and blob:
+        data = bytearray(blob)
+        for _ in range(draw(st.integers(1, 4))):
+            # Mostly where the structure is (the header of a .npy, the zip's directory), sometimes anywhere.
+            end = len(data) - 1 if draw(st.booleans()) else min(127, len(data) - 1)
+            i = draw(st.integers(0, end))
+            data[i] = draw(st.integers(0, 255))
+        return bytes(data)
+    if how == "append":
+        return blob + draw(st.binary(min_size=1, max_size=64))
+    if how == "random":
+        return draw(st.binary(max_size=300))
+    return blob
+
+
+@st.composite
+def feature_file(draw) -> bytes:
+    """The bytes of a .npy file: any shape, dtype and values (NaN rows, copies of one row), maybe damaged."""
+    import numpy as np
+
+    # A third are valid files (any float dtype, some rows repeated) so that estimate-id and reduce get through.
+    clean = draw(st.integers(0, 2)) == 0
+    rows = draw(st.integers(12 if clean else 0, 60))
+    cols = P if clean else draw(st.sampled_from([P, P, 1, 3, P + 1]))
+    dtype = draw(st.sampled_from(["float32", "float16", "float64"] + ([] if clean else ["int32", "complex64", "bool"])))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.normal(size=(rows, cols))
+    values = draw(st.sampled_from(["normal", "repeats"] + ([] if clean else ["one row", "nan", "inf", "huge"])))
+    if values == "one row" and rows:
+        x[:] = x[0]
+    elif values == "repeats":
+        x[rows // 2:] = x[:rows - rows // 2]
+    elif values in ("nan", "inf") and rows:
+        x[draw(st.integers(0, rows - 1)), draw(st.integers(0, cols - 1))] = math.nan if values == "nan" else math.inf
+    elif values == "huge":
+        x *= 1e300
+    shape = "2d" if clean else draw(st.sampled_from(["2d", "2d", "1d", "3d", "fortran"]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x.astype(dtype)
+    x = {"1d": x.reshape(-1), "3d": x.reshape(rows, cols, 1), "fortran": np.asfortranarray(x)}.get(shape, x)
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return buffer.getvalue() if clean else draw(mutated(buffer.getvalue()))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A completed 1-epoch run on 200 x P features, for reduce (run_local itself: no_work replaces
+    the CLI's)."""
+    import numpy as np
+
+    from bnnidr_hpc.config.identity import run_dir_for
+    from bnnidr_hpc.config.loading import load
+
+    folder = tmp_path_factory.mktemp("trained")
+    labels = np.arange(200) % 4
+    x = np.random.default_rng(0).normal(size=(4, P))[labels] + 0.2 * np.random.default_rng(1).normal(size=(200, P))
+    np.save(folder / "X.npy", x.astype(np.float32))
+    np.save(folder / "Y.npy", labels)
+    c = load(None, ["data.source=npy", f"data.path={folder / 'X.npy'}", f"data.labels={folder / 'Y.npy'}",
+                    "output_dim=2", "layer_size=16", "batch_size=32", "max_epochs=1", "run.progress=false",
+                    "run.graph=false", "run.threads=1", f"run.root={folder / 'runs'}"])
+    assert REAL_RUN_LOCAL(c, run_dir_for(c))["status"] == "completed"
+    return run_dir_for(c)
+
+
+def no_output_left(folder: Path, name: str, code: int) -> None:
+    """A refusal writes nothing; no temporary file survives either way."""
+    assert not [p for p in os.listdir(folder) if p.startswith(f".{name}")], os.listdir(folder)
+    if code:
+        assert not (folder / name).exists()
+
+
+@FILES
+@given(feature_file(), st.sampled_from(["estimate-id", "reduce"]))
+def test_damaged_feature_files_are_reduced_estimated_or_refused_in_one_line(trained_run, content, command):
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bnnidr_hpc.train.intrinsic.estimate_config", REAL_ESTIMATE)
+        path = Path(tmp) / "x.npy"
+        path.write_bytes(content)
+        if command == "reduce":
+            code, _, _ = outcome(["reduce", str(trained_run), str(path), str(Path(tmp) / "z.npy")])
+            no_output_left(Path(tmp), "z.npy", code)
+        else:
+            outcome(["estimate-id", "data.source=npy", f"data.path={path}", "output_dim=2", "batch_size=4",
+                     "--sample", "30", f"run.root={Path(tmp) / 'runs'}"])
+            assert not (Path(tmp) / "runs").exists()
+
+
+RUN_FILES = ["config.yaml", "checkpoint.pt", "normalization.npz", "record.json", "heldout.npy"]
+
+
+@FILES
+@given(st.sampled_from(RUN_FILES), st.data())
+def test_a_damaged_run_directory_is_reduced_or_refused_in_one_line(trained_run, name, data):
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / trained_run.name
+        shutil.copytree(trained_run, run_dir)
+        target = run_dir / name
+        if data.draw(st.integers(0, 5)) == 0:
+            target.unlink()
+            if data.draw(st.booleans()):
+                target.mkdir()  # a folder where the file was
+        else:
+            target.write_bytes(data.draw(mutated(target.read_bytes())))
+        inputs = trained_run.parents[1] / "X.npy"
+        code, _, _ = outcome(["reduce", str(run_dir), str(inputs), str(Path(tmp) / "z.npy"), "--allow-incomplete"])
+        no_output_left(Path(tmp), "z.npy", code)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8)
+SLURM_STATES = ["PENDING", "RUNNING", "REQUEUED", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"]
+slurm_fields = st.dictionaries(st.sampled_from(["JobState", "Restarts", "Reason", "ExitCode", "NodeList", "StdOut"]),
+                               st.one_of(st.sampled_from(SLURM_STATES + ["0", "2", "None"]), st.text(max_size=8)),
+                               max_size=4)
+
+
+def field(plausible):
+    """A field: missing (None here, left out), a plausible value, or any JSON value."""
+    return st.one_of(st.just(None), plausible, json_values)
+
+
+@st.composite
+def job_file(draw, log: str, config: dict):
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.one_of(st.binary(max_size=40), json_values.map(lambda v: json.dumps(v).encode())))
+    plausible = {
+        "executor": st.sampled_from(["slurm", "local"]), "job_id": st.sampled_from(["123", 123, "123_4"]),
+        "stdout": st.just(log), "stderr": st.just(log.replace(".out", ".err")), "final_slurm_state": slurm_fields,
+        "earlier_jobs": st.lists(st.fixed_dictionaries({"job_id": st.just("99"), "stdout": st.just(log)}),
+                                 max_size=2),
+        "config": st.just(config), "slurm_conf": st.just("/nonexistent/slurm.conf"), "gpus_per_node": st.just(1)}
+    job = {k: draw(field(v)) for k, v in plausible.items()}
+    return json.dumps({k: v for k, v in job.items() if v is not None}).encode()
+
+
+@st.composite
+def record_file(draw):
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=40))
+    plausible = {
+        "status": st.sampled_from(["running", "completed", "failed", "interrupted", "diverged"]),
+        "error": st.text(max_size=30), "restarts": st.integers(0, 3), "epochs_done": st.integers(0, 3),
+        "max_epochs": st.just(3), "final_loss": st.floats(0, 1), "ap_out": st.floats(0, 1),
+        "epochs": st.lists(st.fixed_dictionaries({"samples_per_s": st.floats(0, 1e6)}), max_size=2),
+        "world_size": st.just(1), "total_seconds": st.floats(0, 100), "baselines": st.just({"pca": {"ap": 0.5}})}
+    rec = {k: draw(field(v)) for k, v in plausible.items()}
+    return json.dumps({k: v for k, v in rec.items() if v is not None}).encode()
+
+
+class FakeScancel:
+    """lifecycle's subprocess: scancel never reaches a real cluster (the job ids here are made up)."""
+    TimeoutExpired = __import__("subprocess").TimeoutExpired
+
+    @staticmethod
+    def run(argv, **kwargs):
+        import subprocess
+
+        assert argv[0] == "scancel", argv
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+@FILES
+@given(st.data())
+def test_lifecycle_commands_on_damaged_job_and_record_files(data):
+    from bnnidr_hpc import cli as cli_module
+    from bnnidr_hpc.cluster import lifecycle, submit_report
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        fields = data.draw(slurm_fields)
+        mp.setattr("bnnidr_hpc.cluster.status.job_state", lambda job_id, conf=None: dict(fields))
+        mp.setattr(lifecycle, "subprocess", FakeScancel)
+        mp.setattr(cli_module, "_need_slurm", lambda local, otherwise: None)
+        mp.setattr(submit_report, "check_and_submit", lambda plan, local, force, check_only: True)
+        sweep = Path(tmp) / "sweep"
+        run_dir = sweep / "hps-1a2b3c4d"
+        (run_dir / "slurm").mkdir(parents=True)
+        log = run_dir / "slurm" / "123_0_log.out"
+        log.write_text("epoch 1\n")
+        config = {"data": {"n": 256}, "run": {"root": str(sweep)}}
+        (run_dir / "job.json").write_bytes(data.draw(job_file(str(log), config)))
+        if data.draw(st.booleans()):
+            (run_dir / "record.json").write_bytes(data.draw(record_file()))
+        if data.draw(st.booleans()):
+            points = field(st.just({run_dir.name: {"config": config}, "hps-refused": {"not_submitted": "no"}}))
+            (sweep / "sweep.json").write_text(json.dumps({"points": data.draw(points)}))
+        for argv in (["status", str(sweep)], ["status", str(run_dir)], ["logs", str(run_dir)],
+                     ["logs", str(run_dir), "--rank", "1"], ["cancel", str(sweep)], ["retry", str(sweep)],
+                     ["retry", str(run_dir), "--failed"]):
+            outcome(argv)
+
+
+@FILES
+@given(st.integers(1, 4), st.data(),
+       st.sampled_from([[], ["--format", "csv"], ["--format", "json"], ["--view", "output_dim"]]))
+def test_collect_on_damaged_records(count, data, flags):
+    from bnnidr_hpc.records.run_record import SCHEMA
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count):
+            rec = {"schema": SCHEMA, "status": "completed", "world_size": 1, "n": 200, "p": P, "d": 2,
+                   "batch_size": 32, "epochs_done": 1, "max_epochs": 1, "steady_epoch_seconds": 1.0,
+                   "config": {"data": {"n": 200}, "output_dim": 2, "batch_size": 32}, "ap_out": 0.5,
+                   "baselines": {"pca": {"ap": 0.4, "ap_retention": 0.8}}, "ap_retention": 0.9, "num_gpu": 1}
+            for key in data.draw(st.lists(st.sampled_from(sorted(rec) + ["epoch_seconds", "hosts", "error"]),
+                                          max_size=3)):
+                rec[key] = data.draw(json_values)
+            folder = Path(tmp) / f"r{i}"
+            folder.mkdir()
+            blob = json.dumps(rec).encode()
+            (folder / "record.json").write_bytes(data.draw(mutated(blob)) if data.draw(st.booleans()) else blob)
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = cli.main(["collect", tmp, *flags])
+        assert code in (0, 1) and "Traceback" not in err.getvalue(), (code, err.getvalue())
+        event(f"collect exit {code}")

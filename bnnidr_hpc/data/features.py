@@ -63,8 +63,8 @@ def header(path: Path, key: str) -> Tuple[tuple, np.dtype, bool, int]:
             offset, size = f.tell(), os.fstat(f.fileno()).st_size
     except PermissionError:
         raise ConfigError(f"config: {key}: {str(path)!r} is not readable (permission denied)") from None
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"config: {key}: {str(path)!r} is not a .npy file ({str(exc).splitlines()[0]}); "
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in numpy's parser (ValueError, TokenError, ...)
+        raise ConfigError(f"config: {key}: {str(path)!r} is not a .npy file ({(str(exc).splitlines() or [''])[0]}); "
                           "save features with numpy.save") from None
     # A copy cut short keeps its header: the memory map would fail much later, in numpy's words.
     expected = offset + math.prod(shape) * dtype.itemsize
