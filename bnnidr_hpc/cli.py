@@ -11,12 +11,10 @@
   bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
   bnnidr-hpc neighbours [CONFIG] [key=value ...] [--gpus N]        build the k-NN graph alone (graph.*)
 
-Bad input is one line on stderr and exit status 2, before anything is created. This module parses
-arguments, hands each command to the layer that does its work, and turns how it ended into an exit
-status (1 failed, 2 bad input, 3 interrupted) with at most one line on stderr: cluster/ (job.py
-runs; planning.py, submit.py and submit_report.py submit and retry; status.py; lifecycle.py),
-train/intrinsic.py (estimate-id), reduce/apply.py (reduce), records/ (summary.py, collect.py).
-Modules that import torch are imported inside the commands, so status and collect start without it.
+Parsing and dispatch only: each command's work is its layer's (docs/architecture.md). How a
+command ended is an exit status (1 failed, 2 bad input, before anything is created; 3 interrupted)
+and at most one line on stderr. Modules that import torch are imported inside the commands, so
+status and collect start without it.
 """
 
 from __future__ import annotations
@@ -181,23 +179,19 @@ def cmd_cancel(ns) -> int:
 
 
 def cmd_retry(ns) -> int:
-    from bnnidr_hpc.cluster import lifecycle, planning, submit_report
+    from bnnidr_hpc.cluster import lifecycle
 
     root = Path(ns.dir).absolute()
     if not root.is_dir():
         raise UsageError(f"retry: {ns.dir!r} is not a directory (give a sweep or run directory)")
     states = (["failed"] if ns.failed else []) + (["cancelled"] if ns.cancelled else [])
     try:
-        plan = lifecycle.retry_points(root, states or None)
+        accepted = lifecycle.retry(root, states or None)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if plan is None:
+    if accepted is None:
         print(f"nothing to retry: no {'/'.join(states or lifecycle.RETRIED)} runs under {root}")
-        return 0
-    _need_slurm(False, "retry needs the cluster")
-    planning.classify(plan, force=False)
-    accepted = submit_report.check_and_submit(plan, local=False, force=False, check_only=False)
-    return 0 if accepted else EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT if accepted is False else 0
 
 
 def cmd_status(ns) -> int:

@@ -112,3 +112,21 @@ def retry_points(root: Path, states: Optional[List[str]]):
                              "submit it again")
         points.append(Point(from_dict(saved), run_dir))
     return Plan(points, root if (root / run_files.MANIFEST).exists() else None) if points else None
+
+
+def retry(root: Path, states: Optional[List[str]]) -> Optional[bool]:
+    """Resubmit root's points whose state is in states: None when there is none, else whether the
+    cluster took them all. A point Slurm still lists (a cancelled job whose processes are still
+    exiting) is shown and left alone, as submit leaves a queued one."""
+    from bnnidr_hpc.cluster import planning, slurm_queries, submit_report
+
+    plan = retry_points(root, states)
+    if plan is None:
+        return None
+    reason = slurm_queries.slurm_available()
+    if reason:
+        raise ValueError(f"retry: {reason}; retry needs the cluster")
+    planning.classify(plan, force=False)
+    submit_report.show_actions(plan)
+    return submit_report.check_and_submit(plan, local=False, force=False, check_only=False)
+

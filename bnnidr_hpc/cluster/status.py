@@ -231,9 +231,11 @@ def _typed(value, types) -> bool:
 
 
 def usable_record(run_dir: Path) -> dict:
-    """record.json with every field status reads of the wrong type left out."""
-    rec = {k: v for k, v in (run_files.read_record(run_dir) or {}).items()
-           if k not in RECORD_TYPES or _typed(v, RECORD_TYPES[k])}
+    """record.json with every field status reads of the wrong type left out ({} without a record)."""
+    raw = run_files.read_record(run_dir)
+    if not raw:  # no record: "not submitted" and "pending" are told apart by the absence
+        return {}
+    rec = {k: v for k, v in raw.items() if k not in RECORD_TYPES or _typed(v, RECORD_TYPES[k])}
     last = (rec.get("epochs") or [{}])[-1]
     speed = last.get("samples_per_s") if isinstance(last, dict) else None
     rec["epochs"] = [{"samples_per_s": speed if _typed(speed, (int, float)) else None}]

@@ -18,7 +18,7 @@ from test_slurm import LONG, SGD, ended, record, run_dirs_of, start_long_job, su
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster import planning
 from bnnidr_hpc.cluster import submit as submitting
-from bnnidr_hpc.cluster.status import job_state, run_status
+from bnnidr_hpc.cluster.status import TERMINAL, job_state, run_status, slurm_view
 from bnnidr_hpc.config.loading import load
 from bnnidr_hpc.records.run_files import read_job
 from bnnidr_hpc.train.loop import train
@@ -199,6 +199,9 @@ def test_cancel_a_sweep_then_retry_its_cancelled_points_as_one_array(tmp_path, c
     assert cli.main(["cancel", str(sweep)]) == 0
     capsys.readouterr()
     wait_for(lambda: all(run_status(d)["state"] == "cancelled" for d in dirs), timeout=60)
+    # The jobs write 'cancelled' themselves; Slurm lists them COMPLETING until their processes are gone,
+    # and retry leaves a job Slurm still lists alone.
+    wait_for(lambda: all(slurm_view(d).get("JobState") in (None, *TERMINAL) for d in dirs), timeout=60)
     assert cli.main(["retry", str(sweep), "--failed"]) == 0
     assert "nothing to retry" in capsys.readouterr().out
     assert cli.main(["retry", str(sweep), "--cancelled"]) == 0

@@ -174,5 +174,6 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     (line,) = [line for line in bnnidr_lines(err) if line.startswith("bnnidr-hpc: failed: ")]
     assert f" {run_dir}: job {job} ended without a result (cancelled)" in line, err[-2000:]
-    assert run_files.read_record(run_dir)["status"] == run_record.INTERRUPTED  # checkpointed, resumable
+    # Slurm cancelled it: the record says so, and its checkpoint stays for a retry to resume from
+    assert run_files.read_record(run_dir)["status"] == run_record.CANCELLED
     assert time.time() - cancelled < 90
