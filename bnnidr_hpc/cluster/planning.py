@@ -139,7 +139,8 @@ def classify(p: Plan, force: bool) -> None:
             point.action, point.detail = DIVERGED, record.get("error") or ""
         elif slurm_state and slurm_state not in TERMINAL:
             point.action = QUEUED
-            point.detail = f"{slurm_state.lower()} as job {(run_files.read_job(point.run_dir) or {}).get('job_id', '?')}"
+            job_id = (run_files.read_job(point.run_dir) or {}).get("job_id", "?")
+            point.detail = f"{slurm_state.lower()} as job {job_id}"
         elif record:
             point.action = RESUME
 
