@@ -1,6 +1,6 @@
 """Every benchmark, each in its own process, then one table of every figure beside its target.
 
-  python benchmarks/run_all.py --quick      # about 10 minutes on a 2-core CPU
+  python benchmarks/run_all.py --quick      # 20-40 minutes on a 2-core CPU (bench_method's trainings most of it)
   python benchmarks/run_all.py              # longer runs, a whole ImageNet-scale epoch
 
 Results: benchmarks/results/*.json (BNNIDR_BENCH_OUT moves them). The tooling benchmark also
