@@ -29,9 +29,10 @@ from typing import List, Optional, Tuple
 
 from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.config.loading import load
-from bnnidr_hpc.records.run_files import RunDirBusy, RunFileError, check_free, read_record, set_aside
+from bnnidr_hpc.records.run_files import RunDirBusy, check_free, read_record, set_aside
 from bnnidr_hpc.records.run_record import COMPLETED, DIVERGED
 from bnnidr_hpc.records.summary import summary
+from bnnidr_hpc.runtime.atomic_files import RunFileError
 from bnnidr_hpc.runtime.errors import ConfigError
 
 EXIT_FAILED = 1

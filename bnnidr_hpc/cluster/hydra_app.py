@@ -61,13 +61,14 @@ def main(cfg: DictConfig) -> dict:
         return SlurmJob(c, str(run_dir))()
     from bnnidr_hpc.cluster.job import RunFailed, run_local
     from bnnidr_hpc.records import run_files, run_record
+    from bnnidr_hpc.runtime import atomic_files
 
     try:
         record = run_local(c, run_dir)
     except (ConfigError, run_files.RunDirBusy) as exc:
         print(f"bnnidr-hpc: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (RunFailed, run_files.RunFileError) as exc:
+    except (RunFailed, atomic_files.RunFileError) as exc:
         print(f"bnnidr-hpc: failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if record["status"] != run_record.COMPLETED:  # the same lines and exit statuses as `bnnidr-hpc run`

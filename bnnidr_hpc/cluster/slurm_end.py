@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from bnnidr_hpc.records import run_files, run_record
+from bnnidr_hpc.records import run_record
+from bnnidr_hpc.runtime import atomic_files
 
 # Slurm's JobState once a job has ended -> the record's status.
 FROM_JOB_STATE = {"TIMEOUT": run_record.TIMEOUT, "DEADLINE": run_record.TIMEOUT, "CANCELLED": run_record.CANCELLED,
@@ -79,7 +80,7 @@ def keep(run_dir: Path, status: str, error: str, rec: dict) -> None:
         return
     try:
         run_record.mark_ended(Path(run_dir), status, error)
-    except (OSError, run_files.RunFileError):  # a collaborator's read-only copy: shown, not kept
+    except (OSError, atomic_files.RunFileError):  # a collaborator's read-only copy: shown, not kept
         pass
 
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 from bnnidr_hpc.cluster import slurm_end
 from bnnidr_hpc.records import run_files, run_record
 from bnnidr_hpc.records.run_record import fmt
+from bnnidr_hpc.runtime import atomic_files
 
 # Slurm job states after which the job does not run again.
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -114,7 +115,7 @@ def slurm_view(run_dir: Path) -> Dict[str, str]:
             try:
                 run_files.write_json(Path(run_dir) / run_files.JOB,
                                    {**now, "final_slurm_state": {k: fields[k] for k in KEPT if k in fields}})
-            except (OSError, run_files.RunFileError):  # a collaborator's read-only copy: nothing kept
+            except (OSError, atomic_files.RunFileError):  # a collaborator's read-only copy: nothing kept
                 pass
     return fields
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 # Re-exported: every writer of a run directory imports them from here.
-from bnnidr_hpc.runtime.atomic_files import FILE_MODE, RunFileError, atomic_write  # noqa: F401
+from bnnidr_hpc.runtime.atomic_files import FILE_MODE, RunFileError, atomic_write
 
 RECORD = "record.json"
 CONFIG = "config.yaml"

@@ -26,7 +26,7 @@ from bnnidr_hpc.config.schema import Config
 from bnnidr_hpc.data import features
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.records import run_files, run_record
-from bnnidr_hpc.runtime import allocator, products
+from bnnidr_hpc.runtime import allocator, atomic_files, products
 from bnnidr_hpc.runtime.errors import ConfigError
 
 # Rows per block, from the float32 size of the block's widest tensor (the input or a layer's
@@ -245,7 +245,7 @@ def reduce_files(reducer: AppliedReducer, shards: features.Shards, output: str, 
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            os.chmod(tmp, run_files.FILE_MODE)
+            os.chmod(tmp, atomic_files.FILE_MODE)
         for tmp, (final, _) in zip(temps, targets):
             os.replace(tmp, final)
     except BaseException:

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import torch
 
-from bnnidr_hpc.records import run_files
+from bnnidr_hpc.runtime import atomic_files
 from bnnidr_hpc.runtime.errors import ConfigError
 
 
@@ -103,7 +103,7 @@ class Writer:
 
 
 def _write(path: Path, blob: io.BytesIO) -> None:
-    run_files.atomic_write(path, lambda f: f.write(blob.getbuffer()), binary=True)
+    atomic_files.atomic_write(path, lambda f: f.write(blob.getbuffer()), binary=True)
 
 
 def _serialise(model, optimizers, state: TrainState, device: torch.device, process_started: float) -> io.BytesIO:

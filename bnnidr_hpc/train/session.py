@@ -24,7 +24,7 @@ from bnnidr_hpc.data.sources import ShardLoader, source
 from bnnidr_hpc.model.graph_loss import fit_ab
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.records import run_files, run_record, tensorboard
-from bnnidr_hpc.runtime import collectives, distributed, products
+from bnnidr_hpc.runtime import atomic_files, collectives, distributed, products
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train import checkpoint, intrinsic, relevance
 from bnnidr_hpc.train.checkpoint import TrainState
@@ -155,9 +155,9 @@ def _write_data_files(run_dir: Path, data) -> None:
 
     buffer = io.BytesIO()
     np.save(buffer, data.heldout_index)
-    run_files.atomic_write(run_dir / features.HELDOUT, lambda f: f.write(buffer.getbuffer()), binary=True)
+    atomic_files.atomic_write(run_dir / features.HELDOUT, lambda f: f.write(buffer.getbuffer()), binary=True)
     blob = features.stats_bytes(data.cfg.normalize, data.stats)
-    run_files.atomic_write(run_dir / features.NORMALIZATION, lambda f: f.write(blob), binary=True)
+    atomic_files.atomic_write(run_dir / features.NORMALIZATION, lambda f: f.write(blob), binary=True)
 
 
 def _choose_output_dim(c: Config, data):

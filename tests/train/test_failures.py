@@ -20,7 +20,7 @@ from bnnidr_hpc import cli
 from bnnidr_hpc.cluster import status
 from bnnidr_hpc.config.identity import run_dir_for
 from bnnidr_hpc.records import run_files
-from bnnidr_hpc.runtime import distributed
+from bnnidr_hpc.runtime import atomic_files, distributed
 
 
 def record(run_dir):
@@ -205,13 +205,13 @@ def test_a_checkpoint_write_that_fails_on_its_thread_is_raised_by_the_next_save_
         m.setattr(run_files.os, "replace", full_disk)
         save(2)
         writer.join()
-    with pytest.raises(run_files.RunFileError, match="ENOSPC"):  # epoch 2's failed write, raised by the next save
+    with pytest.raises(atomic_files.RunFileError, match="ENOSPC"):  # epoch 2's failed write, raised by the next save
         save(3)
     assert torch.load(path, weights_only=False)["state"]["epoch"] == 1  # the last good one is kept
     with monkeypatch.context() as m:
         m.setattr(run_files.os, "replace", full_disk)
         save(3)
-        with pytest.raises(run_files.RunFileError, match="ENOSPC"):
+        with pytest.raises(atomic_files.RunFileError, match="ENOSPC"):
             writer.wait()
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -10,6 +10,7 @@ from bnnidr_hpc.data.sources import Hypersphere, ShardLoader
 from bnnidr_hpc.model import objectives
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.records import run_files, run_record
+from bnnidr_hpc.runtime import atomic_files
 from bnnidr_hpc.runtime.distributed import DistInfo
 from bnnidr_hpc.train.loop import train
 from bnnidr_hpc.train.optim import Optimizers, lr_factor
@@ -191,7 +192,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        run_files.atomic_write(path, explode)
+        atomic_files.atomic_write(path, explode)
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert list(tmp_path.iterdir()) == [path]
 
