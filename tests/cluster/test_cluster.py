@@ -175,6 +175,9 @@ def test_status_asks_the_cluster_that_took_the_job_and_keeps_its_final_state(tmp
     assert run_status(run_dir)["state"] == "running"
     assert cli.main(["cancel", str(tmp_path)]) == 0 and job in capsys.readouterr().out
     wait_for(lambda: run_status(run_dir)["state"] == "cancelled", timeout=60)
+    # The job writes 'cancelled' itself while Slurm still lists it COMPLETING; status keeps Slurm's
+    # final state (asked by run_status) once Slurm has one.
+    wait_for(lambda: run_status(run_dir) and "final_slurm_state" in read_job(run_dir), timeout=60)
     kept = read_job(run_dir)["final_slurm_state"]
     assert kept["JobState"] == "CANCELLED"
     # once the cluster has forgotten the job (here: a job id it never had), or its id names another
