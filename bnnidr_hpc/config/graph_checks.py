@@ -73,6 +73,11 @@ def _number(key: str, value, low: float, high: float, allowed: str) -> None:
         _fail(key, value, allowed)
 
 
+def _non_negative(key: str, value, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        _fail(key, value, allowed)
+
+
 def _check_objective(c, used: bool) -> None:
     """The keys of `loss: graph`'s objective (model/graph_loss.py, data/umap_graph.py)."""
     g = c.graph
@@ -82,5 +87,8 @@ def _check_objective(c, used: bool) -> None:
     if isinstance(g.negatives, bool) or not isinstance(g.negatives, int) or g.negatives < 0:
         _fail("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
     _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
+    _non_negative("graph.distance_weight", g.distance_weight, "a number >= 0 (the distance term's weight; 0: none)")
+    _non_negative("graph.distance_variance", g.distance_variance,
+                  "a number >= 0: the share of variance PCA must keep for the distance term (0: always, above 1: never)")
     if used and g.labels and c.data.source == "npy" and c.data.labels is None:
         _fail("graph.labels", g.labels, "false without data.labels (the labels of the training rows)")

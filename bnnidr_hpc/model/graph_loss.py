@@ -11,6 +11,13 @@ above it). An edge drawn with probability proportional to its fuzzy weight is at
 weighted attraction, so the loss of a global batch is its sum divided by the number of edges in it:
 each rank adds its edges' terms over that global count, and the ranks' shares add up to the same
 loss however the batch is split (train/step.py).
+
+The distance term (graph.distance_weight, where PCA would lose nothing: train/graph_stage.py) keeps
+distance ratios: for consecutive pairs of the batch, (head 2i, tail 2i) with (head 2i+1, tail 2i+1)
+and a head's two negatives, the squared difference of their log(output distance^2 / input
+distance^2). It is 0 exactly when the map scales those pairs alike, whatever the scale, so it
+leaves the scale to the cross-entropy and needs no learned or global one; and each pair lies
+inside one rank's rows (with an even batch_size), so it splits over the ranks as the rest does.
 """
 
 from __future__ import annotations
@@ -81,3 +88,25 @@ def graph_loss_sum(heads: torch.Tensor, tails: torch.Tensor, negatives: torch.Te
     d2_neg = (negatives.view(edges, -1, dim) - heads[:, None, :]).square().sum(2)
     repulsion = torch.log1p((a * (d2_neg + REPULSION_EPS).pow(b)).reciprocal()).sum()
     return attraction + repulsion
+
+
+def _log_ratio_spread_sum(out_a, out_b, in_a, in_b) -> torch.Tensor:
+    """Sum over consecutive pairs of rows (2i, 2i+1) of (r_2i - r_2i+1)^2, r = log(|out_a - out_b|^2
+    / |in_a - in_b|^2) per row; an odd last row is left out."""
+    d2_out = (out_a - out_b).square().sum(1).clamp_min(MIN_SQUARED_DISTANCE)
+    d2_in = (in_a - in_b).float().square().sum(1).clamp_min(MIN_SQUARED_DISTANCE)
+    r = d2_out.log() - d2_in.log()
+    r = r[:len(r) - len(r) % 2].view(-1, 2)
+    return (r[:, 0] - r[:, 1]).square().sum()
+
+
+def distance_term_sum(out: torch.Tensor, x: torch.Tensor, edges: int, negatives: int) -> torch.Tensor:
+    """The distance term over a rank's rows (out: their outputs, x: their inputs; heads, tails,
+    then negatives per edge, as graph_loss_sum's): its edges' pairs plus, per negative, the
+    heads' pairs with their negatives divided by the negatives per edge."""
+    heads, tails = slice(0, edges), slice(edges, 2 * edges)
+    total = _log_ratio_spread_sum(out[heads], out[tails], x[heads], x[tails])
+    if negatives:
+        repeat = (lambda t: t[heads].repeat_interleave(negatives, 0))
+        total = total + _log_ratio_spread_sum(repeat(out), out[2 * edges:], repeat(x), x[2 * edges:]) / negatives
+    return total

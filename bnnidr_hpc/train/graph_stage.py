@@ -1,8 +1,8 @@
 """The k-nearest-neighbour graph stage of a run: where its cache is, the build call with the run's
 settings, and the graph built alone (`bnnidr-hpc neighbours`) on each rank.
 
-Used by: train/session.py (loss: graph, before the first epoch), cluster/job.py (`neighbours` on
-local ranks, under torchrun, or alone), cli.py (summary_line).
+Used by: train/session.py (loss: graph, before the first epoch; and whether its distance term is
+used), cluster/job.py (`neighbours` on local ranks, under torchrun, or alone), cli.py (summary_line).
 
 The graph itself (exact across the ranks, or FAISS; its cache and resume) is data/neighbours.py's.
 """
@@ -18,7 +18,7 @@ import torch
 from bnnidr_hpc.config.schema import Config
 from bnnidr_hpc.data.neighbours import KnnGraph, build_graph
 from bnnidr_hpc.data.sources import source
-from bnnidr_hpc.runtime import distributed, products
+from bnnidr_hpc.runtime import collectives, distributed, products
 from bnnidr_hpc.runtime.distributed import DistInfo
 
 
@@ -32,6 +32,33 @@ def build(c: Config, data, info: DistInfo, device: torch.device) -> KnnGraph:
     terminal."""
     progress = c.run.progress and info.is_main and sys.stderr.isatty()
     return build_graph(data, c.graph, info, device, cache_root(c), progress=progress, precision=c.precision)
+
+
+PCA_ROWS = 20_000  # as the PCA baseline of train/evaluate.py
+
+
+def pca_variance_kept(sample: torch.Tensor, output_dim: int) -> float:
+    """The share of the rows' variance that their first output_dim principal components hold."""
+    centred = sample - sample.mean(0)
+    eigenvalues = torch.linalg.eigvalsh(products.mm(centred.T, centred).double()).clamp_min(0)
+    total = eigenvalues.sum().item()
+    return eigenvalues[-output_dim:].sum().item() / total if total > 0 else 1.0
+
+
+def distance_weight(c: Config, data, info: DistInfo, device: torch.device) -> tuple:
+    """(the distance term's weight for this run, PCA's share of variance at output_dim or None).
+    The term is used where PCA to output_dim keeps at least graph.distance_variance of the
+    variance: the data lies in a linear subspace the output holds, every distance can be kept, and
+    the cross-entropy alone would trade neighbour identity for separation. Rank 0's share on every
+    rank, so that all ranks train the same loss."""
+    g = c.graph
+    if not g.distance_weight or g.distance_variance > 1:
+        return 0.0, None
+    if g.distance_variance == 0:
+        return float(g.distance_weight), None
+    kept = pca_variance_kept(data.sample(PCA_ROWS).double(), c.output_dim) if info.is_main else 0.0
+    kept = collectives.all_reduce_sum(torch.tensor([kept], dtype=torch.float64, device=device)).item()
+    return (float(g.distance_weight) if kept >= g.distance_variance else 0.0), kept
 
 
 def summary(graph: KnnGraph) -> dict:

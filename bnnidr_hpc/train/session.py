@@ -82,9 +82,10 @@ def setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, starte
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizers = Optimizers(c.optimizers, c.max_epochs, model)
     loader = ShardLoader(data, c.batch_size, info.rank, info.world_size)
-    graph_facts = {}
+    graph_facts, distance_weight = {}, 0.0
     if c.loss == "graph":
         loader, graph_facts = _edge_loader(c, data, loader, info, device)
+        distance_weight = graph_facts["graph_edges"]["distance_weight"]
     evaluator = Evaluator(c.eval, data, info)
     state = checkpoint.resume(run_dir / run_files.CHECKPOINT, model, optimizers, device, started)
     averager = collectives.GradientAverager(model)  # after resuming: it starts every rank from rank 0's weights
@@ -109,7 +110,7 @@ def setup(c: Config, run_dir: Path, info: DistInfo, device: torch.device, starte
         if state.history:  # a kill between the checkpoint and its metrics line: the checkpoint is right
             run_files.write_lines(run_dir / run_files.METRICS, state.history)
     session = Session(c, run_dir, info, device, model, optimizers, loader, evaluator, averager,
-                      make_step(c, model, optimizers, info, averager), record, None,
+                      make_step(c, model, optimizers, info, averager, distance_weight), record, None,
                       _progress_bar(c, info.is_main, state.epoch), started, run_record.process_start_time())
     if c.relevance_prior:
         if state.relevance_centre is None:
@@ -129,8 +130,10 @@ def _edge_loader(c: Config, data, shards: ShardLoader, info: DistInfo, device: t
     labels = edge_batches.training_labels(data) if c.graph.labels else None
     edges = umap_graph.fuzzy_edges(knn.indices, knn.distances, labels, c.graph.target_weight)
     a, b = fit_ab(c.graph.spread, c.graph.min_dist)
+    weight, variance_kept = graph_stage.distance_weight(c, data, info, device)
     facts = {"graph_edges": {"edges": len(edges.weights), "weight_sum": float(edges.weights.sum()),
-                             "supervised": labels is not None, "a": a, "b": b}, **run_record.graph_fields(knn)}
+                             "supervised": labels is not None, "a": a, "b": b, "distance_weight": weight,
+                             "pca_variance_kept": variance_kept}, **run_record.graph_fields(knn)}
     return edge_batches.EdgeLoader(shards, edges, c.graph.negatives), facts
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from bnnidr_hpc.config.schema import Config
-from bnnidr_hpc.model.graph_loss import fit_ab, graph_loss_sum
+from bnnidr_hpc.model.graph_loss import distance_term_sum, fit_ab, graph_loss_sum
 from bnnidr_hpc.model.objectives import PairTargetsAhead, pair_targets, stress_share
 from bnnidr_hpc.model.reducer import Reducer
 from bnnidr_hpc.runtime import collectives
@@ -21,15 +21,15 @@ from bnnidr_hpc.train.optim import Optimizers
 
 
 def make_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
-              averager: Optional[collectives.GradientAverager] = None):
+              averager: Optional[collectives.GradientAverager] = None, distance_weight: float = 0.0):
     """The training step, (this rank's batch x, the global batch or None, a function returning the
     next step's global batch (data.NextBatch) or None, keep: a 0/1 row over the output units or
     None (relevance.py)) -> (stress, KL term), both detached on the device: no host sync. Without
     the global batch the step gathers it. Given the next one, the step copies it and computes its
     input distances (the largest product) while it waits for its collectives, and uses them in the
-    next call. `loss: graph` has its own step (make_graph_step)."""
+    next call. `loss: graph` has its own step (make_graph_step, with distance_weight)."""
     if c.loss == "graph":
-        return make_graph_step(c, model, optimizers, info, averager)
+        return make_graph_step(c, model, optimizers, info, averager, distance_weight)
     world = info.world_size
     averager = averager or collectives.GradientAverager(model)
     kl_scale = _kl_scale(c)
@@ -78,12 +78,13 @@ def _kl_scale(c: Config) -> float:
 
 
 def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: DistInfo,
-                    averager: Optional[collectives.GradientAverager] = None):
+                    averager: Optional[collectives.GradientAverager] = None, distance_weight: float = 0.0):
     """The step of `loss: graph`, (this rank's rows: its batch_size heads, their tails, then
     graph.negatives negatives per edge (data.edge_batches), keep or None) -> (loss share, KL
     term), detached: no host sync. Each edge's terms need only its own rows, so nothing is
     gathered: a rank's share is its edges' sum over the global batch's edge count, and the
-    averaged gradients of world x share are those of the whole batch's loss (model.graph_loss)."""
+    averaged gradients of world x share are those of the whole batch's loss (model.graph_loss).
+    distance_weight: the distance term's (0: none), as train/graph_stage.py decided it for the run."""
     world, rows = info.world_size, c.batch_size
     averager = averager or collectives.GradientAverager(model)
     a, b = fit_ab(c.graph.spread, c.graph.min_dist)
@@ -92,6 +93,7 @@ def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: Dis
     zero = torch.zeros((), device=next(model.parameters()).device)
     bf16 = c.precision == "bf16"
     device_type = zero.device.type
+    negatives = c.graph.negatives
 
     def step(x: torch.Tensor, keep: Optional[torch.Tensor] = None):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
@@ -100,6 +102,8 @@ def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: Dis
         if keep is not None:
             out = out * keep
         share = graph_loss_sum(out[:rows], out[rows:2 * rows], out[2 * rows:], a, b) * per_edge
+        if distance_weight:
+            share = share + distance_weight * per_edge * distance_term_sum(out, x, rows, negatives)
         kl = kl_scale * model.kl() if kl_scale else zero
         (world * share + kl).backward()
         averager.start()()

@@ -23,6 +23,20 @@ def test_a_tiny_graph_run_completes_with_its_record(tiny, tmp_path):
     assert rec["ap_out"] > rec["baselines"]["random"]["ap"]
 
 
+def test_the_distance_term_keeps_the_neighbours_pca_keeps(tiny, tmp_path):
+    """The tiny sphere is linear (d + 1 = 4 = output_dim): PCA keeps all its variance, so the
+    distance term is used and keeps more of its 10-NN than the cross-entropy alone; at output_dim 2
+    PCA loses variance and the term is left out."""
+    common = ["loss=graph", "graph.k=8", "max_epochs=8"]
+    kept = train(tiny(*common), tmp_path / "kept")
+    alone = train(tiny(*common, "graph.distance_weight=0"), tmp_path / "alone")
+    assert kept["graph_edges"]["pca_variance_kept"] == pytest.approx(1.0, abs=1e-4)
+    assert kept["graph_edges"]["distance_weight"] == 10.0 and alone["graph_edges"]["distance_weight"] == 0.0
+    assert kept["knn_recall"] > alone["knn_recall"] + 0.1
+    narrow = train(tiny(*common, "output_dim=2", "max_epochs=1"), tmp_path / "narrow")
+    assert narrow["graph_edges"]["pca_variance_kept"] < 0.99 and narrow["graph_edges"]["distance_weight"] == 0.0
+
+
 def test_an_interrupted_graph_run_resumes_to_the_same_weights(tiny, tmp_path):
     straight = train(tiny("loss=graph", "graph.k=8"), tmp_path / "straight")
     calls = {"n": 0}
