@@ -89,6 +89,6 @@ def _check_objective(c, used: bool) -> None:
     _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
     _non_negative("graph.distance_weight", g.distance_weight, "a number >= 0 (the distance term's weight; 0: none)")
     _non_negative("graph.distance_variance", g.distance_variance,
-                  "a number >= 0: the share of variance PCA must keep for the distance term (0: always, above 1: never)")
+                  "a number >= 0: the share of variance PCA must keep for the distance term (0: always, >1: never)")
     if used and g.labels and c.data.source == "npy" and c.data.labels is None:
         _fail("graph.labels", g.labels, "false without data.labels (the labels of the training rows)")
