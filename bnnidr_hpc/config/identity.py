@@ -38,10 +38,10 @@ def identity(c: Config) -> dict:
 
 
 # Raised when a default changes what a run trains (2: loss umap and max_epochs 100, 2026-12-03;
-# 3: neighbour_quantile 0.005, 2026-12-03):
+# 3: neighbour_quantile 0.005, 2026-12-03; 4: loss graph, max_epochs 200, learning_rate 1e-3, 2026-12-06):
 # the identity is the difference from the defaults, so a run directory made under the old defaults
 # would otherwise pass for a run of the new ones.
-DEFAULTS_VERSION = 3
+DEFAULTS_VERSION = 4
 
 
 def config_hash(c: Config) -> str:
