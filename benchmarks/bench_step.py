@@ -94,7 +94,10 @@ def reference_step(c, points: torch.Tensor):
 
 def toolkit_step(c, device, library: str = "auto"):
     """One step of the toolkit (ShardLoader batches, train.make_step) with the CPU products on
-    `library`, and the cached points."""
+    `library`, and the cached points. A pair objective's (umap, stress): loss=graph's step takes
+    batches of edges, bench_graph.graph_step."""
+    if c.loss == "graph":
+        raise ValueError("toolkit_step times a pair objective; loss=graph's step is bench_graph.graph_step")
     data = Hypersphere(c.data, c.seed, device)
     loader = ShardLoader(data, c.batch_size, 0, 1)
     torch.manual_seed(0)
@@ -114,7 +117,9 @@ def main():
     allocator.keep_freed_memory()  # as training does; the reference loop, in this process, gains it too
     rounds, iters = (5, 8) if quick else (7, 20)
     report = Report("step_throughput", quick)
-    base = ["data.p=1536", "data.d=50", "data.spread=1.2", f"data.n={1024 * 32}", "batch_size=1024"]
+    # The pair objective's step, which the reference loop reproduces (loss=graph's step, another
+    # batch shape, is bench_graph.py's).
+    base = ["data.p=1536", "data.d=50", "data.spread=1.2", f"data.n={1024 * 32}", "batch_size=1024", "loss=umap"]
     device = pick_device(DistInfo(), "auto")
     on_gpu = device.type == "cuda"
     # The targets apply to the toolkit's default precision on a CPU (fp32) and to bf16 autocast on a

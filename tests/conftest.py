@@ -33,3 +33,9 @@ def slurm_cluster():
                                                      "slurm.conf"))
     proc = subprocess.run(["bash", str(REPO / "slurm" / "start.sh")], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"slurm/start.sh failed: {proc.stderr}"
+
+
+def run_dirs(root) -> list:
+    """The run directories under a run root, without the k-NN graph cache (RUN_ROOT/graphs) that
+    loss: graph, the default, keeps beside them."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name != "graphs")

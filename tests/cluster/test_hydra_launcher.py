@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run_dirs
 
 from bnnidr_hpc.cluster.hydra_launcher import executor_parameters, profile_parameters
 from bnnidr_hpc.config.loading import load
@@ -75,7 +75,7 @@ def test_the_profile_options_reach_the_sbatch_script(completed):
     assert "\necho bnnidr-setup-ran\n" in text and "--gres" not in text
     # early signals are kept, as submit does
     assert "-m bnnidr_hpc.cluster.job_start -u -m submitit.core._submit" in text
-    recs = [json.loads((d / "record.json").read_text()) for d in sorted((base / "runs").iterdir())]
+    recs = [json.loads((d / "record.json").read_text()) for d in run_dirs(base / "runs")]
     assert [r["status"] for r in recs] == ["completed", "completed"]
     assert all(r["world_size"] == 2 for r in recs) and sorted(r["batch_size"] for r in recs) == [25, 50]
     logs = [p.read_text() for p in (base / "hydra" / ".submitit").glob("*_*/*_0_log.out")]
@@ -126,7 +126,7 @@ def test_a_rerun_of_a_completed_multirun_submits_nothing(completed):
     lines = bnnidr_lines(proc.stdout)
     assert len(lines) == 2 and all("completed, not rerun: " in line for line in lines), proc.stdout
     assert sorted(line.split(": ")[2].split(" (")[0] for line in lines) == sorted(
-        str(d) for d in (base / "runs").iterdir())
+        str(d) for d in run_dirs(base / "runs"))
     assert sorted(p.name for p in (base / "hydra" / ".submitit").iterdir()) == jobs  # no new job
     assert snapshot(base / "runs") == before  # records, checkpoints, metrics untouched
     assert time.time() - started < 60
@@ -138,10 +138,10 @@ def test_a_failing_point_ends_the_multirun_with_its_error(tmp_path):
                     "run.device=cuda", timeout=240)
     elapsed = time.time() - started
     assert proc.returncode == 1, proc.stderr[-2000:]
-    run_dirs = sorted((tmp_path / "runs").iterdir())
+    run_dirs_made = run_dirs(tmp_path / "runs")
     failed = [line for line in bnnidr_lines(proc.stderr) if line.startswith("bnnidr-hpc: failed: ")]
-    assert len(run_dirs) == 2 and len(failed) == 2, proc.stderr[-2000:]
-    for run_dir in run_dirs:
+    assert len(run_dirs_made) == 2 and len(failed) == 2, proc.stderr[-2000:]
+    for run_dir in run_dirs_made:
         (line,) = [line for line in failed if f" {run_dir}: " in line]
         assert "no CUDA device" in line
         assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
@@ -171,7 +171,7 @@ def test_a_job_gone_without_a_result_ends_the_multirun(tmp_path):
             proc.kill()
             subprocess.run(["scancel", "-n", name], timeout=30)
     assert proc.returncode == 1, err[-2000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = run_dirs(tmp_path / "runs")
     (line,) = [line for line in bnnidr_lines(err) if line.startswith("bnnidr-hpc: failed: ")]
     assert f" {run_dir}: job {job} ended without a result (cancelled)" in line, err[-2000:]
     # Slurm cancelled it: the record says so, and its checkpoint stays for a retry to resume from

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run_dirs
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster.status import job_state, run_status
@@ -176,7 +176,7 @@ def test_hydra_multirun_through_hydra_submitit_launcher(tmp_path):
          f"hydra.sweep.dir={tmp_path / 'hydra'}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    recs = [record(d) for d in sorted((tmp_path / "runs").iterdir())]
+    recs = [record(d) for d in run_dirs(tmp_path / "runs")]
     assert [r["status"] for r in recs] == ["completed", "completed"]
     assert all(r["world_size"] == 2 and r["name"] == "hps_00040" for r in recs)  # tasks tied to num_gpu
     assert sorted(r["batch_size"] for r in recs) == [25, 50]

@@ -67,19 +67,20 @@ def test_run_dir_hash_ignores_run_group_only():
 
 
 # The run directories of the shipped configs. A change here re-keys users' existing runs (no resume,
-# no dedupe): only a change of what a config trains may change them.
+# no dedupe): only a change of what a config trains may change them (last: DEFAULTS_VERSION 4, the
+# graph objective by default, 2026-12-06).
 GOLDEN_RUN_DIRS = {
-    "bnnidr_00047.yaml": "bnnidr_00047-86d0afff",
-    "curved_d5.yaml": "curved_d5-e5ba4e60",
-    "hps_00040.yaml": "hps_00040-43900b3f",
-    "hps_00043.yaml": "hps_00043-31e0bdda",
-    "imagenet_scale.yaml": "imagenet_scale-fcb18d50",
-    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-86d0afff",
-    "sweep_hps_00040.yaml": "sweep_hps_00040-43900b3f",
-    "sweep_hps_00043.yaml": "sweep_hps_00043-31e0bdda",
-    "sweep_hps_00045.yaml": "sweep_hps_00045-1425255f",
-    "sweep_output_dim.yaml": "sweep_output_dim-e5ba4e60",
-    None: "default-4853d6e4",
+    "bnnidr_00047.yaml": "bnnidr_00047-1b1b1234",
+    "curved_d5.yaml": "curved_d5-fd7cba5d",
+    "hps_00040.yaml": "hps_00040-acae144e",
+    "hps_00043.yaml": "hps_00043-ce6abd73",
+    "imagenet_scale.yaml": "imagenet_scale-2f591c5a",
+    "sweep_bnnidr_00047.yaml": "sweep_bnnidr_00047-1b1b1234",
+    "sweep_hps_00040.yaml": "sweep_hps_00040-acae144e",
+    "sweep_hps_00043.yaml": "sweep_hps_00043-ce6abd73",
+    "sweep_hps_00045.yaml": "sweep_hps_00045-a3e4b0fa",
+    "sweep_output_dim.yaml": "sweep_output_dim-fd7cba5d",
+    None: "default-01c67fba",
 }
 
 
@@ -98,9 +99,9 @@ def test_run_identity_is_the_difference_from_the_defaults():
         run_dir_for(load(None, []))
     assert identity(load(str(CONF / "hps_00040.yaml"), [])) == {"batch_size": 50, "max_epochs": 20}
     # each optimizer is compared with the default optimizer, key by key
-    two = load(None, ["optimizers=[{name:sgd,params:'hidden.*'},{name:adam,params:'output.*',lr:1e-3}]"])
+    two = load(None, ["optimizers=[{name:sgd,params:'hidden.*'},{name:adam,params:'output.*',lr:2e-3}]"])
     assert identity(two) == {"optimizers.0.name": "sgd", "optimizers.0.params": "hidden.*",
-                             "optimizers.1.name": "adam", "optimizers.1.params": "output.*", "optimizers.1.lr": 1e-3}
+                             "optimizers.1.name": "adam", "optimizers.1.params": "output.*", "optimizers.1.lr": 2e-3}
     # what does not change the result is not part of it
     assert identity(load(None, ["run.name=x", "cluster.timeout_min=5", "eval.block=7", "sweep.gpus=[1,2]"])) == {}
 

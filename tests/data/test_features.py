@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, run_dirs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +48,7 @@ def test_digits_train_reduce_and_the_records_ap_is_recomputed_from_reduces_outpu
     code = cli.main(["run", *SMALL, *npy(digits), f"run.root={root}", "max_epochs=4"])
     out = capsys.readouterr().out
     assert code == 0 and "completed" in out
-    run_dir = next(root.iterdir())
+    run_dir = run_dirs(root)[0]
     rec = json.loads((run_dir / "record.json").read_text())
     c = rec["config"]
     # Every row not held out trains; the evaluation sizes shrank to the 359 held-out rows.

@@ -20,7 +20,7 @@ from bnnidr_hpc.train.optim import Optimizers
 from bnnidr_hpc.train.step import make_step
 if sys.argv[1] == "keep":
     assert allocator.keep_freed_memory()
-c = load(None, ["data.n=8192", "data.p=128", "batch_size=1024", "layer_size=128", "output_dim=8"])
+c = load(None, ["data.n=8192", "data.p=128", "batch_size=1024", "layer_size=128", "output_dim=8", "loss=umap"])
 loader = ShardLoader(Hypersphere(c.data, c.seed), c.batch_size, 0, 1)
 model = Reducer(c.model_spec())
 step = make_step(c, model, Optimizers(c.optimizers, c.max_epochs, model), DistInfo())

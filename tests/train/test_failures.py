@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, run_dirs
 
 from bnnidr_hpc import cli
 from bnnidr_hpc.cluster import status
@@ -279,7 +279,7 @@ def test_files_honour_the_umask(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "run", *TINY, f"run.root={tmp_path}", "max_epochs=1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    (rd,) = tmp_path.iterdir()
+    (rd,) = run_dirs(tmp_path)
     for name in ("record.json", "config.yaml", "checkpoint.pt", "metrics.jsonl"):
         assert oct((rd / name).stat().st_mode & 0o777) == oct(0o640), name
 

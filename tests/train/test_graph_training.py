@@ -68,7 +68,7 @@ def test_labels_keep_the_classes_apart(tmp_path):
         root = tmp_path / f"runs-{labels}"
         code = cli.main(["run", "data.source=npy", f"data.path={tmp_path / 'X.npy'}",
                          f"data.labels={tmp_path / 'Y.npy'}", "loss=graph", f"graph.labels={labels}",
-                         "output_dim=2", "max_epochs=15", "run.progress=false", "run.graph=false",
+                         "output_dim=2", "max_epochs=15", "learning_rate=3e-3", "run.progress=false", "run.graph=false",
                          f"run.root={root}"])
         assert code == 0
         rec = json.loads(next(root.glob("*/record.json")).read_text())

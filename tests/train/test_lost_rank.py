@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import TINY
+from conftest import TINY, run_dirs
 
 from bnnidr_hpc.cluster import status
 
@@ -60,5 +60,5 @@ def test_a_local_run_whose_rank_0_is_killed_ends_in_one_line(tmp_path):
     assert len(lines) <= 2 and "frame #" not in proc.stderr and "Exception raised from" not in proc.stderr, \
         proc.stderr[-3000:]
     assert any(line.startswith("bnnidr-hpc: failed:") and "rank 0" in line for line in lines), lines
-    assert status.run_status((tmp_path / "runs" / next((tmp_path / "runs").iterdir()).name))["state"] == "failed"
+    assert status.run_status((tmp_path / "runs" / run_dirs(tmp_path / "runs")[0].name))["state"] == "failed"
 

@@ -166,7 +166,7 @@ def test_working_ahead_on_the_next_batch_changes_nothing(tiny, monkeypatch):
     computed_in_step = []
     monkeypatch.setattr(step_module, "pair_targets",
                         lambda *a: computed_in_step.append(1) or objectives.pair_targets(*a))
-    c = tiny("batch_size=600", "data.n=1800", "data.p=16")  # 3 steps, several 256-row blocks
+    c = tiny("batch_size=600", "data.n=1800", "data.p=16", "loss=umap")  # 3 steps, several 256-row blocks
     losses, models, in_step = [], [], []
     for ahead in (True, False):
         computed_in_step.clear()
