@@ -1,13 +1,12 @@
 """The method against its baselines, on held-out rows never trained on: the reducer (every key at
-its default, and loss=graph) beside PCA and UMAP at output_dim 2, 4 and 8, each with its standard
+its default, and the previous default, loss=umap) beside PCA and UMAP at output_dim 2, 4 and 8, each with its standard
 error and wall time, every figure beside its target (issue 25, item 4); a supervised row
 (graph.labels=true) apart, beside LDA and supervised UMAP; and the training step's cost.
 
   python benchmarks/bench_method.py [--quick] [key=value ...]
 
---quick runs 25 trainings and 14 UMAP fits: 26 min on the 2-core AMD EPYC while other jobs held its
-load at 8-15 (2026-12-06, with run.threads=1); not yet timed on an idle machine. The full run has
-about twice the trainings.
+The full run took 15 min on the 2-core AMD EPYC, idle (2026-12-06: 53 trainings, 31 UMAP fits);
+--quick about a third of that.
 
 Data (method_data.py): scikit-learn's digits (1797 x 64, 10 classes; seeds 0, 1, 2: each seed is
 another held-out split and another training), wine (178 x 13, 3 classes) and breast_cancer (569 x 30,
@@ -43,7 +42,7 @@ from bnnidr_hpc.config.loading import load
 # The default (loss graph since DEFAULTS_VERSION 4) beside the default before it, with its own
 # epochs and learning rate, so the table shows what the change gained.
 PREVIOUS = ["loss=umap", "max_epochs=100", "learning_rate=3e-3"]
-VARIANTS = {"default": [], "previous default (umap)": PREVIOUS}
+VARIANTS = {"default": [], "previous default loss=umap": PREVIOUS}
 SUPERVISED = ["loss=graph", "graph.labels=true"]
 
 

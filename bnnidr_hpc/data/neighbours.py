@@ -117,7 +117,12 @@ def _exact_share(make_rows: Callable, n: int, folder: Path, k: int, info, precis
     _wait_for(lambda: meta_path.exists() or set(grid) <= graph_cache.finished_parts(folder))
     if meta_path.exists():  # another process (a sweep's point beside this one) finished it
         return
-    parts = [graph_cache.read_part(folder, a, b) for a, b in grid]
+    try:
+        parts = [graph_cache.read_part(folder, a, b) for a, b in grid]
+    except FileNotFoundError:  # another process merged them between the wait and the read
+        if meta_path.exists():
+            return
+        raise
     indices = np.concatenate([p[0] for p in parts])
     distances = np.concatenate([p[1] for p in parts])
     _finish(folder, indices, distances, "exact", 1.0, computed, started, key, info.world_size)
