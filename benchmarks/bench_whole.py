@@ -10,7 +10,8 @@ no evaluation. The toolkit runs the lab config with loss=stress, so both optimis
 objective; it also evaluates (held-out AP, baselines) and writes its run directory. Runs
 alternate, plain then toolkit, and the figure is the median of the pair-by-pair ratios, so a slow
 spell of this shared machine falls on both. bf16, the default objective (graph, its k-NN graph
-built first) and the previous default (umap) are timed beside it. Start-up: time_to_first_step_s of the built-in default's record, median of 3.
+built first) and the previous default (umap) are timed beside it. Start-up:
+time_to_first_step_s of the built-in default's record, median of 3.
 """
 
 import json
