@@ -49,8 +49,10 @@ def check_graph(c, used: bool) -> None:
         _fail("graph.method", g.method, f"one of {', '.join(METHODS)}")
     if g.metric not in METRICS:
         _fail("graph.metric", g.metric, f"one of {', '.join(METRICS)}")
-    for key in ("exact_max_rows", "ivf_probes", "hnsw_m", "hnsw_ef_search", "recall_sample"):
+    for key in ("exact_max_rows", "hnsw_m", "hnsw_ef_search", "recall_sample"):
         _count(f"graph.{key}", getattr(g, key))
+    if isinstance(g.ivf_probes, bool) or not isinstance(g.ivf_probes, int) or g.ivf_probes < 0:
+        _fail("graph.ivf_probes", g.ivf_probes, "a positive integer, or 0 for one list in 14")
     if isinstance(g.ivf_lists, bool) or not isinstance(g.ivf_lists, int) or g.ivf_lists < 0:
         _fail("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
     if g.cache_dir is not None and (not isinstance(g.cache_dir, str) or not g.cache_dir.strip()):

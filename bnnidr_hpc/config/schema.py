@@ -204,7 +204,8 @@ class GraphConfig:
         method: exact (blocks of rows against all rows, the training's matrix products), faiss_ivf
             or faiss_hnsw (approximate, CPU, faiss-cpu), or auto: exact up to exact_max_rows.
         exact_max_rows: auto's largest exact graph.
-        ivf_lists: faiss_ivf's lists (0: 4 sqrt(n), at most n / 39); ivf_probes: lists searched.
+        ivf_lists: faiss_ivf's lists (0: 4 sqrt(n), at most n / 39); ivf_probes: lists searched
+            (0: one list in 14, at least 32).
         hnsw_m: faiss_hnsw's links per node; hnsw_ef_search: its search breadth.
         recall_sample: rows whose exact neighbours measure an approximate graph's recall@k.
         cache_dir: where graphs are kept, by what determines them (null: RUN_ROOT/graphs).
@@ -223,7 +224,7 @@ class GraphConfig:
     method: str = "auto"
     exact_max_rows: int = 200_000
     ivf_lists: int = 0
-    ivf_probes: int = 32
+    ivf_probes: int = 0
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     recall_sample: int = 1000

@@ -33,13 +33,31 @@ KEY_BLOCK = 8192
 REFINE_ROWS = 256   # the candidates are measured again this many query rows at a time
 
 
+# On a GPU the rows are held whenever they fit in this share of its free memory, even above
+# data.cache_gb: otherwise every query block makes or reads all n rows again (at 1.3M x 1,536, 635
+# times: 10-30 minutes of an H100, docs/performance.md), and the device's memory is idle while the
+# graph is built.
+GPU_HOLD_SHARE = 0.5
+
+
+def hold_budget(cache_gb: float, device: torch.device, mem_get_info=None) -> float:
+    """Bytes of rows GraphRows may hold on device: data.cache_gb, or on a GPU up to
+    GPU_HOLD_SHARE of its free memory (mem_get_info: torch.cuda.mem_get_info's signature)."""
+    budget = cache_gb * 2**30
+    if device.type == "cuda":
+        free, _ = (mem_get_info or torch.cuda.mem_get_info)(device)
+        budget = max(budget, GPU_HOLD_SHARE * free)
+    return budget
+
+
 class GraphRows:
     """The n training rows of a data source, as float32 rows on `device`."""
 
     def __init__(self, source, metric: str, device: torch.device, hold_bytes: Optional[float] = None):
         self.source, self.metric, self.device = source, metric, torch.device(device)
         self.n, self.p = int(source.cfg.n), int(source.p)
-        hold = self.n * self.p * 4 <= (source.cfg.cache_gb * 2**30 if hold_bytes is None else hold_bytes)
+        hold = self.n * self.p * 4 <= (hold_budget(source.cfg.cache_gb, self.device) if hold_bytes is None
+                                       else hold_bytes)
         self.held = torch.cat([self._made(a, b) for a, b in blocks(self.n, KEY_BLOCK)]) if hold else None
         self.held_norms = None if self.held is None else self.held.square().sum(1)
 

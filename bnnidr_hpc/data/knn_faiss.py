@@ -3,7 +3,7 @@
 Used by: data/neighbours.py (graph.method faiss_ivf or faiss_hnsw, or auto beyond exact_max_rows).
 
 faiss_ivf is IndexIVFFlat: k-means (on 39 training rows per list, evenly spaced) cuts the rows into
-graph.ivf_lists lists, and a query scans the graph.ivf_probes lists nearest to it; faiss_hnsw is
+graph.ivf_lists lists, and a query scans the graph.ivf_probes lists nearest to it (0: one in 14); faiss_hnsw is
 IndexHNSWFlat (graph.hnsw_m links per row, search breadth graph.hnsw_ef_search). Rows are added and
 searched block by block, so only the index holds them all (as FAISS must: n x p float32). Each
 row's k + 1 nearest are asked for and the row itself dropped. Its recall@k is measured against the
@@ -20,7 +20,7 @@ import torch
 
 from bnnidr_hpc.data import knn_exact
 from bnnidr_hpc.data.features import evenly_spaced
-from bnnidr_hpc.data.graph_cache import ivf_lists
+from bnnidr_hpc.data.graph_cache import ivf_lists, ivf_probes
 
 ADD_BLOCK = 65536
 TRAIN_ROWS_PER_LIST = 39  # FAISS's least k-means training rows per list
@@ -43,7 +43,7 @@ def make_index(rows: knn_exact.GraphRows, graph_cfg, method: str, tick: Callable
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rows.p), rows.p, lists)
         sample = evenly_spaced(rows.n, min(rows.n, TRAIN_ROWS_PER_LIST * lists))
         index.train(_numpy(rows.take(torch.from_numpy(sample))))
-        index.nprobe = min(graph_cfg.ivf_probes, lists)
+        index.nprobe = ivf_probes(graph_cfg, rows.n)
     for start, stop in knn_exact.blocks(rows.n, ADD_BLOCK):
         index.add(_numpy(rows.block(start, stop)))
         tick(stop - start)
