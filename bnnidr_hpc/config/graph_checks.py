@@ -89,6 +89,8 @@ def _check_objective(c, used: bool) -> None:
     if isinstance(g.negatives, bool) or not isinstance(g.negatives, int) or g.negatives < 0:
         _fail("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
     _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
+    _number("graph.repulsion_strength", g.repulsion_strength, 0.0, float("inf"),
+            "a positive number (the negatives' weight)")
     _non_negative("graph.distance_weight", g.distance_weight, "a number >= 0 (the distance term's weight; 0: none)")
     _non_negative("graph.distance_variance", g.distance_variance,
                   "a number >= 0: the share of variance PCA must keep for the distance term (0: always, >1: never)")

@@ -76,10 +76,11 @@ def fit_ab(spread: float, min_dist: float) -> Tuple[float, float]:
     return float(params[0]), float(params[1])
 
 
-def graph_loss_sum(heads: torch.Tensor, tails: torch.Tensor, negatives: torch.Tensor, a: float, b: float
-                   ) -> torch.Tensor:
-    """Sum over B edges of the attraction of (heads[e], tails[e]) and the repulsion of heads[e]
-    from negatives[e m .. e m + m - 1] (negatives: B m rows, m per edge, in edge order)."""
+def graph_loss_sum(heads: torch.Tensor, tails: torch.Tensor, negatives: torch.Tensor, a: float, b: float,
+                   repulsion_strength: float = 1.0) -> torch.Tensor:
+    """Sum over B edges of the attraction of (heads[e], tails[e]) and repulsion_strength x the
+    repulsion of heads[e] from negatives[e m .. e m + m - 1] (negatives: B m rows, m per edge, in
+    edge order)."""
     edges, dim = heads.shape
     d2_pos = (heads - tails).square().sum(1).clamp_min(MIN_SQUARED_DISTANCE)
     attraction = torch.log1p(a * d2_pos.pow(b)).sum()
@@ -87,7 +88,7 @@ def graph_loss_sum(heads: torch.Tensor, tails: torch.Tensor, negatives: torch.Te
         return attraction
     d2_neg = (negatives.view(edges, -1, dim) - heads[:, None, :]).square().sum(2)
     repulsion = torch.log1p((a * (d2_neg + REPULSION_EPS).pow(b)).reciprocal()).sum()
-    return attraction + repulsion
+    return attraction + repulsion_strength * repulsion
 
 
 def _log_ratio_spread_sum(out_a, out_b, in_a, in_b) -> torch.Tensor:

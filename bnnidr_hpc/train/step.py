@@ -93,7 +93,7 @@ def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: Dis
     zero = torch.zeros((), device=next(model.parameters()).device)
     bf16 = c.precision == "bf16"
     device_type = zero.device.type
-    negatives = c.graph.negatives
+    negatives, repulsion = c.graph.negatives, c.graph.repulsion_strength
 
     def step(x: torch.Tensor, keep: Optional[torch.Tensor] = None):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
@@ -101,7 +101,7 @@ def make_graph_step(c: Config, model: Reducer, optimizers: Optimizers, info: Dis
         out = out.float()
         if keep is not None:
             out = out * keep
-        share = graph_loss_sum(out[:rows], out[rows:2 * rows], out[2 * rows:], a, b) * per_edge
+        share = graph_loss_sum(out[:rows], out[rows:2 * rows], out[2 * rows:], a, b, repulsion) * per_edge
         if distance_weight:
             share = share + distance_weight * per_edge * distance_term_sum(out, x, rows, negatives)
         kl = kl_scale * model.kl() if kl_scale else zero

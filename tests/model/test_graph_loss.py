@@ -27,6 +27,10 @@ def test_cross_entropy_of_edges_and_negatives():
     q_neg = 1.0 / (1.0 + a * (((negatives.view(4, 2, 3) - heads[:, None]) ** 2).sum(-1) + 1e-3) ** b)
     expected = -torch.log(q(heads, tails)).sum() - torch.log1p(-q_neg).sum()
     assert graph_loss_sum(heads, tails, negatives, a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the repulsion's weight multiplies the negatives' term alone
+    attraction = graph_loss_sum(heads, tails, negatives[:0], a, b)
+    half = graph_loss_sum(heads, tails, negatives, a, b, repulsion_strength=0.5)
+    assert half.item() == pytest.approx(attraction.item() + 0.5 * (expected - attraction).item(), rel=1e-5)
     # closer edges and farther negatives lower it
     assert graph_loss_sum(heads, heads + 0.01, 3 * negatives, a, b) < graph_loss_sum(heads, tails, negatives, a, b)
 
