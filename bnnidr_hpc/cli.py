@@ -9,7 +9,7 @@
   bnnidr-hpc estimate-id [CONFIG] [key=value ...] [--sample N]   TwoNN intrinsic dimension of the data
   bnnidr-hpc collect DIR... [--format markdown|csv|json] [--plot F.png]   scaling tables
   bnnidr-hpc reduce RUN_DIR INPUT... OUTPUT [--mc-samples K]      apply a trained reducer to .npy files
-  bnnidr-hpc neighbours [CONFIG] [key=value ...] [--gpus N]        build the k-NN graph alone (graph.*)
+  bnnidr-hpc neighbours [CONFIG] [key=value ...] [--gpus N] [--submit [--nodes M]]   the k-NN graph alone
 
 Parsing and dispatch only: each command's work is its layer's (docs/architecture.md). How a
 command ended is an exit status (1 failed, 2 bad input, before anything is created; 3 interrupted)
@@ -226,9 +226,9 @@ def cmd_estimate_id(ns) -> int:
 
 
 def cmd_neighbours(ns) -> int:
-    from bnnidr_hpc.cluster.job import neighbours_command
+    from bnnidr_hpc.cluster import neighbours_job
 
-    return neighbours_command(*split_config_and_overrides(ns.args), ns.gpus)
+    return neighbours_job.command(*split_config_and_overrides(ns.args), ns.gpus, ns.nodes, ns.submit)
 
 
 def cmd_reduce(ns) -> int:
@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     red.set_defaults(func=cmd_reduce)
     nn = sub.add_parser("neighbours", help="build the k-NN graph of a config's training rows into its cache")
     nn.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    nn.add_argument("--gpus", type=int, default=None, help="ranks on this machine (GPUs, or gloo CPU processes)")
+    nn.add_argument("--gpus", type=int, default=None, help="ranks (GPUs or gloo CPU processes); per node if --submit")
+    nn.add_argument("--submit", action="store_true", help="as a Slurm job of its own (the config's cluster profile)")
+    nn.add_argument("--nodes", type=int, default=None, help="--submit: nodes (default: the config's num_nodes)")
     nn.set_defaults(func=cmd_neighbours)
     col = sub.add_parser("collect", help="scaling tables from the records under DIR... (tools/collect.py)",
                          add_help=False)
@@ -328,13 +330,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The `bnnidr-hpc` command (and `python -m bnnidr_hpc.cli`): main(), then the exit without
-    Python's teardown of torch's modules, which took 0.5 s of a run on this machine, 0.3-0.4 s
-    after a bare `import torch` (benchmarks/bench_overheads.py). Nothing is lost by it: every file
-    a command writes is closed by then (records and checkpoints fsynced, TensorBoard's writer
-    closed), and what the normal exit would still run is run first, in its order: threading's
-    shutdown (non-daemon threads joined, idle thread pools told to stop), the exit handlers
-    (multiprocessing's joins its children), the flush of stdout and stderr."""
+    """The `bnnidr-hpc` command: main(), then the exit without Python's teardown of torch's modules
+    (0.5 s of a run here: benchmarks/bench_overheads.py). Every file a command writes is closed
+    by then, and what the normal exit would still run is run first, in its order: threading's
+    shutdown, the exit handlers (multiprocessing joins its children), the flush of the streams."""
     code = main()
     threading._shutdown()  # what Py_FinalizeEx calls first; there is no public name for it
     atexit._run_exitfuncs()
