@@ -27,6 +27,12 @@ def _count(key: str, value) -> None:
         _fail(key, value, "must be a positive integer")
 
 
+def _whole(key: str, value, allowed: str) -> None:
+    """An integer >= 0 (0 meaning what `allowed` says)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(key, value, allowed)
+
+
 def writable_folder(key: str, folder) -> None:
     """`folder` will be created (with its parents): the nearest folder of it that exists must be a
     directory one can write in. Looked at only; nothing is created here."""
@@ -51,10 +57,8 @@ def check_graph(c, used: bool) -> None:
         _fail("graph.metric", g.metric, f"one of {', '.join(METRICS)}")
     for key in ("exact_max_rows", "hnsw_m", "hnsw_ef_search", "recall_sample"):
         _count(f"graph.{key}", getattr(g, key))
-    if isinstance(g.ivf_probes, bool) or not isinstance(g.ivf_probes, int) or g.ivf_probes < 0:
-        _fail("graph.ivf_probes", g.ivf_probes, "a positive integer, or 0 for one list in 14")
-    if isinstance(g.ivf_lists, bool) or not isinstance(g.ivf_lists, int) or g.ivf_lists < 0:
-        _fail("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
+    _whole("graph.ivf_probes", g.ivf_probes, "a positive integer, or 0 for one list in 14")
+    _whole("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
     if g.cache_dir is not None and (not isinstance(g.cache_dir, str) or not g.cache_dir.strip()):
         _fail("graph.cache_dir", g.cache_dir, "a folder path, or null for RUN_ROOT/graphs")
     _check_objective(c, used)
@@ -86,8 +90,7 @@ def _check_objective(c, used: bool) -> None:
     _number("graph.spread", g.spread, 0.0, float("inf"), "a positive number (UMAP's spread)")
     if isinstance(g.min_dist, bool) or not isinstance(g.min_dist, (int, float)) or not 0 <= g.min_dist < 3 * g.spread:
         _fail("graph.min_dist", g.min_dist, f"a number >= 0 and below 3 x graph.spread={g.spread} (UMAP's min_dist)")
-    if isinstance(g.negatives, bool) or not isinstance(g.negatives, int) or g.negatives < 0:
-        _fail("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
+    _whole("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
     _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
     _number("graph.repulsion_strength", g.repulsion_strength, 0.0, float("inf"),
             "a positive number (the negatives' weight)")

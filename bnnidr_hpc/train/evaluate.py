@@ -35,6 +35,14 @@ KNN_POINTS = 2000
 KNN_K = 10
 
 
+def centred_scatter(rows: torch.Tensor):
+    """(the rows' mean, their centred scatter matrix in float64): what PCA diagonalises, here for
+    the PCA baseline and for the graph objective's variance gate (train/graph_stage.py)."""
+    mean = rows.mean(0)
+    centred = rows - mean
+    return mean, products.mm(centred.T, centred).double()
+
+
 class Evaluator:
     def __init__(self, cfg: EvalConfig, data, info: DistInfo):
         (qx, ql), (gx, gl) = data.heldout(cfg.queries, cfg.gallery)
@@ -90,9 +98,8 @@ class Evaluator:
     def baseline_scores(self, output_dim: int, seed: int) -> dict:
         """PCA and a random projection to output_dim, on the same queries and gallery."""
         train = self.data.sample(BASELINE_ROWS)
-        mean = train.mean(0)
-        centred = train - mean
-        _, vectors = torch.linalg.eigh(products.mm(centred.T, centred).double())  # ascending eigenvalues
+        mean, scatter = centred_scatter(train)
+        _, vectors = torch.linalg.eigh(scatter)  # ascending eigenvalues
         components = vectors[:, -output_dim:].float()
         g = torch.Generator().manual_seed(seed)
         gaussian = (torch.randn(train.shape[1], output_dim, generator=g) / math.sqrt(output_dim)).to(self.gx.device)

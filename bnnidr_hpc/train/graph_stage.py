@@ -20,6 +20,7 @@ from bnnidr_hpc.data.neighbours import KnnGraph, build_graph
 from bnnidr_hpc.data.sources import source
 from bnnidr_hpc.runtime import collectives, distributed, products
 from bnnidr_hpc.runtime.distributed import DistInfo
+from bnnidr_hpc.train import evaluate
 
 
 def cache_root(c: Config) -> Path:
@@ -34,13 +35,9 @@ def build(c: Config, data, info: DistInfo, device: torch.device) -> KnnGraph:
     return build_graph(data, c.graph, info, device, cache_root(c), progress=progress, precision=c.precision)
 
 
-PCA_ROWS = 20_000  # as the PCA baseline of train/evaluate.py
-
-
 def pca_variance_kept(sample: torch.Tensor, output_dim: int) -> float:
     """The share of the rows' variance that their first output_dim principal components hold."""
-    centred = sample - sample.mean(0)
-    eigenvalues = torch.linalg.eigvalsh(products.mm(centred.T, centred).double()).clamp_min(0)
+    eigenvalues = torch.linalg.eigvalsh(evaluate.centred_scatter(sample)[1]).clamp_min(0)
     total = eigenvalues.sum().item()
     return eigenvalues[-output_dim:].sum().item() / total if total > 0 else 1.0
 
@@ -56,7 +53,7 @@ def distance_weight(c: Config, data, info: DistInfo, device: torch.device) -> tu
         return 0.0, None
     if g.distance_variance == 0:
         return float(g.distance_weight), None
-    kept = pca_variance_kept(data.sample(PCA_ROWS).double(), c.output_dim) if info.is_main else 0.0
+    kept = pca_variance_kept(data.sample(evaluate.BASELINE_ROWS).double(), c.output_dim) if info.is_main else 0.0
     kept = collectives.all_reduce_sum(torch.tensor([kept], dtype=torch.float64, device=device)).item()
     return (float(g.distance_weight) if kept >= g.distance_variance else 0.0), kept
 
