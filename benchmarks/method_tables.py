@@ -80,12 +80,12 @@ class Results:
                          if (s := self.summary(data, k, m)) is not None and m != "input")
 
 
-def _table(results: Results, methods: list, datasets: list) -> None:
+def _table(results: Results, methods: list, datasets: list, knn: bool = False) -> None:
     print("| data | k | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     for data in datasets:
         for k in results.sizes(data):
-            cells = [results.cell(data, None if m == "input" else k, m, knn=data in SPHERES) for m in methods]
+            cells = [results.cell(data, None if m == "input" else k, m, knn=knn or data in SPHERES) for m in methods]
             print(f"| {TITLES[data]} | {k} | " + " | ".join(cells) + " |")
 
 
@@ -98,8 +98,8 @@ def print_tables(results: Results, umap_ok: bool, quick: bool) -> None:
     _table(results, methods, [d for d in results.datasets()])
     supervised = [m for m in SUPERVISED if m in results.methods()]
     if supervised:
-        print("\n== supervised (labels of the training rows), reported apart")
-        _table(results, supervised, ["digits"])
+        print("\n== supervised (labels of the training rows), reported apart; 10-NN: the input's neighbours kept")
+        _table(results, supervised, ["digits"], knn=True)
     for (data, k, method), error in results.errors.items():
         print(f"FAILED: {method} on {data} k={k}: {error}")
 

@@ -92,6 +92,8 @@ def _check_objective(c, used: bool) -> None:
         _fail("graph.min_dist", g.min_dist, f"a number >= 0 and below 3 x graph.spread={g.spread} (UMAP's min_dist)")
     _whole("graph.negatives", g.negatives, "an integer >= 0 (uniform negatives per edge)")
     _number("graph.target_weight", g.target_weight, 0.0, 1.0, "a number in (0, 1): the labels' weight (UMAP's)")
+    if isinstance(g.class_pairs, bool) or not isinstance(g.class_pairs, (int, float)) or not 0 <= g.class_pairs < 1:
+        _fail("graph.class_pairs", g.class_pairs, "a number in [0, 1): the share of edges drawn as pairs of one class")
     _number("graph.repulsion_strength", g.repulsion_strength, 0.0, float("inf"),
             "a positive number (the negatives' weight)")
     _non_negative("graph.distance_weight", g.distance_weight, "a number >= 0 (the distance term's weight; 0: none)")

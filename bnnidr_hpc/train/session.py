@@ -131,10 +131,12 @@ def _edge_loader(c: Config, data, shards: ShardLoader, info: DistInfo, device: t
     edges = umap_graph.fuzzy_edges(knn.indices, knn.distances, labels, c.graph.target_weight)
     a, b = fit_ab(c.graph.spread, c.graph.min_dist)
     weight, variance_kept = graph_stage.distance_weight(c, data, info, device)
+    loader = edge_batches.EdgeLoader(shards, edges, c.graph.negatives, labels, c.graph.class_pairs)
     facts = {"graph_edges": {"edges": len(edges.weights), "weight_sum": float(edges.weights.sum()),
-                             "supervised": labels is not None, "a": a, "b": b, "distance_weight": weight,
-                             "pca_variance_kept": variance_kept}, **run_record.graph_fields(knn)}
-    return edge_batches.EdgeLoader(shards, edges, c.graph.negatives), facts
+                             "supervised": labels is not None, "class_pairs": loader.class_pairs, "a": a, "b": b,
+                             "distance_weight": weight, "pca_variance_kept": variance_kept},
+             **run_record.graph_fields(knn)}
+    return loader, facts
 
 
 def _relevance_centre(c: Config, data, intrinsic_dim: dict, info: DistInfo, device: torch.device) -> float:

@@ -114,3 +114,34 @@ def test_edge_batches_split_one_global_batch_over_ranks_and_follow_the_weights()
     assert torch.corrcoef(torch.stack([counts / counts.sum(), share.float()]))[0, 1] > 0.97
     rows = next(iter(_loader().epoch(0)))[0]
     assert torch.equal(rows[:, 0].long(), _loader().plan(0)[0])  # cached points gathered at the plan's positions
+
+
+def _labelled_loader(labels, class_pairs, batch=8, world=1, rank=0):
+    loader = _loader(n=len(labels), batch=batch, world=world, rank=rank)
+    x = np.random.default_rng(2).normal(size=(len(labels), 3))
+    return edge_batches.EdgeLoader(loader.shards, umap_graph.fuzzy_edges(*_knn(x, 5)), 3, labels, class_pairs)
+
+
+def test_class_pairs_replace_that_share_of_edges_with_pairs_of_one_class_and_split_over_ranks():
+    labels = np.repeat(np.arange(5), 10)
+    labels[::7] = -1  # unknown: never drawn into a class pair
+    plain = _loader(batch=8).plan(3)
+    assert torch.equal(_labelled_loader(labels, 0.0).plan(3), plain)  # 0: UMAP's recipe, the same draws
+    graph = umap_graph.fuzzy_edges(*_knn(np.random.default_rng(2).normal(size=(50, 3)), 5))
+    edge_keys = set((graph.heads * 50 + graph.tails).tolist())
+    heads, tails, off_graph, total = [], [], 0, 0
+    for epoch in range(200):
+        plan = _labelled_loader(labels, 0.3).plan(epoch)
+        h, t = plan[:, :8].reshape(-1), plan[:, 8:16].reshape(-1)
+        not_edge = torch.tensor([int(a) * 50 + int(b) not in edge_keys for a, b in zip(h, t)])
+        heads.append(h[not_edge]), tails.append(t[not_edge])
+        off_graph, total = off_graph + int(not_edge.sum()), total + len(h)
+    heads, tails = torch.cat(heads), torch.cat(tails)
+    assert (labels[heads] == labels[tails]).all() and (labels[heads] >= 0).all()  # every non-edge: one class
+    # a class pair is a graph edge when the tail is one of the head's ~5-10 neighbours of its 7-9 class-mates
+    assert 0.12 < off_graph / total < 0.3
+    one = _labelled_loader(labels, 0.3, batch=8).plan(4)
+    ranks = [_labelled_loader(labels, 0.3, batch=4, world=2, rank=r).plan(4) for r in range(2)]
+    for part in (slice(0, 8), slice(8, 16)):
+        halves = [p[:, part.start // 2:part.stop // 2] for p in ranks]
+        assert torch.equal(one[:, part], torch.cat(halves, dim=1))
