@@ -74,10 +74,7 @@ def plan(config_path: Optional[str], overrides: List[str], gpus: Optional[int], 
 
 def submit(p: planning.Plan) -> int:
     """Ask the cluster first (sbatch --test-only); submit; one line each. Exit status."""
-    from submitit.core.utils import FailedJobError
-
     from bnnidr_hpc.cluster import submit as submitting
-    from bnnidr_hpc.cluster.sbatch import slurm_executor
 
     (point,) = p.points
     c = point.config
@@ -88,13 +85,11 @@ def submit(p: planning.Plan) -> int:
             return 2
     Path(p.sweep_dir).mkdir(parents=True, exist_ok=True)
     submitting.freeze_code(p)
-    executor = slurm_executor(p, p.points)
-    executor.update_parameters(job_name=f"bnnidr-knn-{c.run.name or 'run'}")
     try:
-        job = executor.submit(NeighboursJob(c))
-    except (FailedJobError, OSError) as exc:
-        reason = slurm_queries.slurm_reason(slurm_queries.last_line(str(exc)))
-        print(f"bnnidr-hpc: neighbours: Slurm refused the job: {reason}", file=sys.stderr)
+        (job,) = submitting.submit_group(p, [point], False, lambda pt: NeighboursJob(pt.config),
+                                         job_name=f"bnnidr-knn-{c.run.name or 'run'}")
+    except submitting.SubmitError as exc:
+        print(f"bnnidr-hpc: neighbours: Slurm refused the job: {exc}", file=sys.stderr)
         return 2
     print(f"submitted job {job.job_id}: the k-NN graph into {Path(p.sweep_dir).parent} "
           f"(log: {job.paths.stdout})")

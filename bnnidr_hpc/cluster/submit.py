@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from bnnidr_hpc.cluster.planning import RESUME, SUBMIT, Plan, Point, code_dir, pending_groups
 from bnnidr_hpc.cluster.sbatch import slurm_executor
@@ -50,7 +50,7 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
     submitted, refused, controller = [], [], {}
     for group in todo:
         try:
-            jobs = _submit_group(p, group, local)
+            jobs = submit_group(p, group, local)
         except SubmitError as exc:
             refused.append((group, str(exc)))
             continue
@@ -75,18 +75,23 @@ def submit(p: Plan, local: bool, force: bool) -> Tuple[List[Tuple[Point, dict]],
     return submitted, refused
 
 
-def _submit_group(p: Plan, group: List[Point], local: bool) -> list:
-    """One job, or one array for several points; a refusal removes what submitit wrote for it."""
+def submit_group(p: Plan, group: List[Point], local: bool, job_for: Optional[Callable] = None,
+                 job_name: Optional[str] = None) -> list:
+    """One job, or one array for several points, each running job_for(point) (default: its training
+    run); a refusal removes what submitit wrote for it and raises SubmitError with Slurm's reason."""
     from submitit.core.utils import FailedJobError
 
     from bnnidr_hpc.cluster.job import SlurmJob
 
+    job_for = job_for or (lambda point: SlurmJob(point.config, str(point.run_dir)))
     folder = p.folder(group)
     before = set(folder.iterdir()) if folder.is_dir() else None
     executor = _local_executor(folder, group[0].config) if local else slurm_executor(p, group)
+    if job_name:
+        executor.update_parameters(job_name=job_name)
     try:
         with executor.batch():  # one array for several points: the job ids are known when the block ends
-            jobs = [executor.submit(SlurmJob(point.config, str(point.run_dir))) for point in group]
+            jobs = [executor.submit(job_for(point)) for point in group]
     except (FailedJobError, subprocess.CalledProcessError, OSError) as exc:  # sbatch refused or failed to run
         if before is None:
             shutil.rmtree(folder, ignore_errors=True)
