@@ -197,6 +197,11 @@ def graph_step(c, device):
     return one
 
 
+def any_step(c, device):
+    """One training step of c's objective: graph_step for loss=graph, bench_step's toolkit step else."""
+    return graph_step(c, device) if c.loss == "graph" else toolkit_step(c, device)[0]
+
+
 def steps(report: Report, quick: bool) -> None:
     base = SPHERE + [f"data.n={1024 * 32}", "batch_size=1024"]
     today, graph = load(None, base + ["loss=umap"]), load(None, base + ["loss=graph"])  # umap: the default before graph

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_graph import graph_step
-from bench_step import roofline, toolkit_step
+from bench_graph import any_step
+from bench_step import roofline
 from common import Report, interleaved_seconds, sync
 
 from bnnidr_hpc.cluster.job import run_local
@@ -214,7 +214,7 @@ def step_speed(report: Report, device, sizes: dict, peak: dict, quick: bool) -> 
         for precision in ("fp32", "bf16"):
             c = load(None, base + [f"loss={loss}", f"precision={precision}"])
             name = f"{loss} {precision}"
-            calls[name] = toolkit_step(c, device)[0] if loss == "umap" else graph_step(c, device)
+            calls[name] = any_step(c, device)
             rows = batch * (2 + c.graph.negatives) if loss == "graph" else batch
             flops[name] = roofline(c, batch, device)[1] if loss == "umap" else mlp_flops(c, rows)
     seconds = interleaved_seconds(calls, device, *((2, 3) if quick else (5, 20)))
