@@ -55,10 +55,11 @@ def check_graph(c, used: bool) -> None:
         _fail("graph.method", g.method, f"one of {', '.join(METHODS)}")
     if g.metric not in METRICS:
         _fail("graph.metric", g.metric, f"one of {', '.join(METRICS)}")
-    for key in ("exact_max_rows", "hnsw_m", "hnsw_ef_search", "recall_sample"):
+    for key in ("exact_max_rows", "hnsw_m", "hnsw_ef_search", "recall_sample", "refine_factor"):
         _count(f"graph.{key}", getattr(g, key))
     _whole("graph.ivf_probes", g.ivf_probes, "a positive integer, or 0 for one list in 14")
     _whole("graph.ivf_lists", g.ivf_lists, "a positive integer, or 0 for 4 sqrt(n)")
+    _whole("graph.pca_dims", g.pca_dims, "an integer >= 0: FAISS searches that many principal components (0: all)")
     if g.cache_dir is not None and (not isinstance(g.cache_dir, str) or not g.cache_dir.strip()):
         _fail("graph.cache_dir", g.cache_dir, "a folder path, or null for RUN_ROOT/graphs")
     _check_objective(c, used)

@@ -65,12 +65,14 @@ def ivf_probes(graph_cfg, n: int) -> int:
 
 def resolve_method(graph_cfg, n: int, device_type: str) -> str:
     """auto: exact up to graph.exact_max_rows rows or on a GPU (where the exact products are fast),
-    else FAISS's IVF-Flat when faiss is installed, else exact."""
+    else FAISS's HNSW when faiss is installed, else exact. HNSW and not IVF: an HNSW search grows
+    with log n, an IVF one with n (its probes follow the lists, 4 sqrt(n)), which at 1.3M x 1,536
+    would take hours on a CPU (docs/neighbours.md)."""
     if graph_cfg.method != "auto":
         return graph_cfg.method
     if n <= graph_cfg.exact_max_rows or device_type == "cuda" or not faiss_installed():
         return "exact"
-    return "faiss_ivf"
+    return "faiss_hnsw"
 
 
 def data_identity(source) -> dict:
@@ -92,9 +94,12 @@ def method_parameters(graph_cfg, method: str, n: int, precision: str) -> dict:
     if method == "exact":
         return {"precision": precision}
     if method == "faiss_ivf":
-        return {"lists": ivf_lists(graph_cfg, n), "probes": ivf_probes(graph_cfg, n),
-                "recall_sample": graph_cfg.recall_sample}
-    return {"m": graph_cfg.hnsw_m, "ef_search": graph_cfg.hnsw_ef_search, "recall_sample": graph_cfg.recall_sample}
+        found = {"lists": ivf_lists(graph_cfg, n), "probes": ivf_probes(graph_cfg, n)}
+    else:
+        found = {"m": graph_cfg.hnsw_m, "ef_search": graph_cfg.hnsw_ef_search}
+    if graph_cfg.pca_dims:  # absent at 0, so graphs cached before the key existed keep their folders
+        found.update(pca_dims=graph_cfg.pca_dims, refine_factor=graph_cfg.refine_factor)
+    return {**found, "recall_sample": graph_cfg.recall_sample}
 
 
 def cache_key(source, graph_cfg, method: str, precision: str) -> dict:

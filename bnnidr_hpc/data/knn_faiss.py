@@ -2,13 +2,17 @@
 
 Used by: data/neighbours.py (graph.method faiss_ivf or faiss_hnsw, or auto beyond exact_max_rows).
 
-faiss_ivf is IndexIVFFlat: k-means (on 39 training rows per list, evenly spaced) cuts the rows into
-graph.ivf_lists lists, and a query scans the graph.ivf_probes lists nearest to it (0: one in 14); faiss_hnsw is
-IndexHNSWFlat (graph.hnsw_m links per row, search breadth graph.hnsw_ef_search). Rows are added and
-searched block by block, so only the index holds them all (as FAISS must: n x p float32). Each
-row's k + 1 nearest are asked for and the row itself dropped. Its recall@k is measured against the
-exact neighbours (knn_exact, the same code as the exact graph) of graph.recall_sample rows drawn from
-the seed: the fraction of their exact k nearest that the approximate graph also lists.
+faiss_ivf is IVF-Flat: k-means (on 39 training rows per list, evenly spaced) cuts the rows into
+graph.ivf_lists lists, and a query scans the graph.ivf_probes lists nearest to it (0: one in 14);
+faiss_hnsw is HNSW-Flat (graph.hnsw_m links per row, search breadth graph.hnsw_ef_search). With
+graph.pca_dims both search the rows' first pca_dims principal components (FAISS's PCAMatrix, fitted
+on PCA_TRAIN_ROWS evenly spaced rows) and re-rank refine_factor x (k + 1) candidates by their full
+distances (IndexRefineFlat): at p = 1,536 a search step reads 1/24 of the bytes at pca_dims 64, and
+the distances stored are still the rows' own. Rows are added and searched block by block, so only
+the index holds them all (as FAISS must: n x p float32). Each row's k + 1 nearest are asked for and
+the row itself dropped. Its recall@k is measured against the exact neighbours (knn_exact, the same
+code as the exact graph) of graph.recall_sample rows drawn from the seed: the fraction of their
+exact k nearest that the approximate graph also lists.
 """
 
 from __future__ import annotations
@@ -24,26 +28,48 @@ from bnnidr_hpc.data.graph_cache import ivf_lists, ivf_probes
 
 ADD_BLOCK = 65536
 TRAIN_ROWS_PER_LIST = 39  # FAISS's least k-means training rows per list
+PCA_TRAIN_ROWS = 65536
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
 
 
+def pca_dims(graph_cfg, p: int) -> int:
+    """The dimensions FAISS searches in: graph.pca_dims where below p, else 0 (the rows themselves)."""
+    return graph_cfg.pca_dims if 0 < graph_cfg.pca_dims < p else 0
+
+
+def index_description(graph_cfg, method: str, n: int, p: int) -> str:
+    """FAISS's index_factory string: PCA to graph.pca_dims first and an exact re-ranking last
+    (RFlat) where pca_dims is set, IVF-Flat or HNSW between."""
+    dims = pca_dims(graph_cfg, p)
+    core = f"HNSW{graph_cfg.hnsw_m}" if method == "faiss_hnsw" else f"IVF{ivf_lists(graph_cfg, n)},Flat"
+    return f"PCA{dims},{core},RFlat" if dims else core
+
+
+def training_rows(graph_cfg, method: str, n: int, p: int) -> int:
+    """Rows to train on: k-means's 39 per IVF list, the PCA's PCA_TRAIN_ROWS."""
+    count = TRAIN_ROWS_PER_LIST * ivf_lists(graph_cfg, n) if method == "faiss_ivf" else 0
+    return min(n, max(count, PCA_TRAIN_ROWS if pca_dims(graph_cfg, p) else 0))
+
+
 def make_index(rows: knn_exact.GraphRows, graph_cfg, method: str, tick: Callable[[int], None]):
-    """The FAISS index of every training row, filled block by block."""
+    """The FAISS index of every training row, trained on evenly spaced rows, filled block by block."""
     import faiss
 
     faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.index_factory(rows.p, index_description(graph_cfg, method, rows.n, rows.p))
+    space = faiss.ParameterSpace()
     if method == "faiss_hnsw":
-        index = faiss.IndexHNSWFlat(rows.p, graph_cfg.hnsw_m)
-        index.hnsw.efSearch = graph_cfg.hnsw_ef_search
+        space.set_index_parameter(index, "efSearch", graph_cfg.hnsw_ef_search)
     else:
-        lists = ivf_lists(graph_cfg, rows.n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rows.p), rows.p, lists)
-        sample = evenly_spaced(rows.n, min(rows.n, TRAIN_ROWS_PER_LIST * lists))
-        index.train(_numpy(rows.take(torch.from_numpy(sample))))
-        index.nprobe = ivf_probes(graph_cfg, rows.n)
+        space.set_index_parameter(index, "nprobe", ivf_probes(graph_cfg, rows.n))
+    if pca_dims(graph_cfg, rows.p):
+        space.set_index_parameter(index, "k_factor_rf", graph_cfg.refine_factor)
+    train = training_rows(graph_cfg, method, rows.n, rows.p)
+    if train:
+        index.train(_numpy(rows.take(torch.from_numpy(evenly_spaced(rows.n, train)))))
     for start, stop in knn_exact.blocks(rows.n, ADD_BLOCK):
         index.add(_numpy(rows.block(start, stop)))
         tick(stop - start)

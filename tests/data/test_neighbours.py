@@ -153,13 +153,16 @@ def test_ctrl_c_stops_every_rank_in_one_line_and_the_same_command_resumes(tmp_pa
 
 @pytest.mark.parametrize("method,params,bound", [
     ("faiss_ivf", ["graph.ivf_lists=64", "graph.ivf_probes=8"], 0.9),
-    ("faiss_hnsw", ["graph.hnsw_m=16", "graph.hnsw_ef_search=64"], 0.95)])
+    ("faiss_hnsw", ["graph.hnsw_m=16", "graph.hnsw_ef_search=64"], 0.95),
+    ("faiss_hnsw", ["graph.pca_dims=8", "graph.hnsw_m=16", "graph.hnsw_ef_search=64"], 0.95)])
 def test_faiss_recall_is_measured_against_exact_neighbours(tmp_path, method, params, bound):
     """Clustered data: 8 tight categories of a 5-sphere in 32 dimensions. IVF with 8 of 64 lists
     probes an eighth of the rows, chosen by their centroids: a row's neighbours lie in its own
     category, which k-means cuts into about 8 lists, so nearly all are probed; HNSW's search
     breadth 64 over 15 neighbours finds nearly all on 6,000 rows (both measured here at >= 0.97;
-    the bounds leave room for FAISS's k-means and insertion order)."""
+    the bounds leave room for FAISS's k-means and insertion order). With pca_dims=8 HNSW searches
+    the first 8 principal components, which hold the 6-dimensional sphere, and the distances are
+    still the full rows' (re-ranked)."""
     c, data = sphere(tmp_path, "data.n=6000", "data.p=32", "data.d=5", "data.categories=8", "data.spread=0.3",
                      f"graph.method={method}", "graph.recall_sample=300", *params)
     graph = build_graph(data, c.graph, DistInfo(), "cpu", tmp_path / "cache")
@@ -172,6 +175,9 @@ def test_faiss_recall_is_measured_against_exact_neighbours(tmp_path, method, par
     assert abs(graph.recall - true_recall) < 0.05  # and the sample stands for every row
     assert (graph.indices != np.arange(6000)[:, None]).all()  # never a row itself
     assert (np.diff(graph.distances, axis=1) >= -1e-6).all()
+    x = data.range(0, 6000)[0].numpy()
+    exact = np.linalg.norm(x[:, None, :] - x[graph.indices], axis=2)
+    assert graph.distances == pytest.approx(exact, rel=1e-3, abs=1e-4)  # the full rows' distances
     assert json.loads((tmp_path / "cache" / graph.path.split("/")[-1] / "meta.json").read_text())["recall"] == \
         graph.recall
 
@@ -212,6 +218,8 @@ def test_bad_graph_settings_are_one_line_and_exit_2_before_anything_is_created(t
     assert "one of euclidean, cosine" in _bad(capsys, tmp_path, "graph.metric=manhattan", cache)
     assert "graph.ivf_probes=-1" in _bad(capsys, tmp_path, "graph.ivf_probes=-1", cache)
     assert "graph.hnsw_m=-1" in _bad(capsys, tmp_path, "graph.hnsw_m=-1", cache)
+    assert "principal components" in _bad(capsys, tmp_path, "graph.pca_dims=-1", cache)
+    assert "graph.refine_factor=0" in _bad(capsys, tmp_path, "graph.refine_factor=0", cache)
     (tmp_path / "afile").write_text("")
     err = _bad(capsys, tmp_path, f"graph.cache_dir={tmp_path / 'afile' / 'graphs'}")
     assert "graph.cache_dir" in err and "is not a directory" in err
@@ -239,6 +247,26 @@ def test_faiss_probes_grow_with_the_lists_unless_given():
     assert [graph_cache.ivf_probes(auto, n) for n in (5_000, 50_000, 1_300_000)] == [32, 64, 326]
     assert graph_cache.ivf_probes(load(None, ["graph.ivf_probes=8"]).graph, 50_000) == 8
     assert graph_cache.ivf_probes(load(None, ["graph.ivf_probes=500", "graph.ivf_lists=100"]).graph, 50_000) == 100
+
+
+def test_auto_takes_hnsw_on_pca_beyond_the_exact_rows_on_a_cpu():
+    """auto: exact up to exact_max_rows or on a GPU, HNSW beyond (its search grows with log n, an
+    IVF one with n); FAISS searches 64 principal components where p is larger, re-ranked by the
+    rows' full distances."""
+    from bnnidr_hpc.config.loading import load
+    from bnnidr_hpc.data import graph_cache, knn_faiss
+
+    g = load(None, []).graph
+    assert graph_cache.resolve_method(g, 200_000, "cpu") == "exact"
+    assert graph_cache.resolve_method(g, 1_300_000, "cpu") == "faiss_hnsw"
+    assert graph_cache.resolve_method(g, 1_300_000, "cuda") == "exact"
+    assert knn_faiss.index_description(g, "faiss_hnsw", 1_300_000, 1536) == "PCA64,HNSW48,RFlat"
+    assert knn_faiss.index_description(g, "faiss_ivf", 1_300_000, 1536) == "PCA64,IVF4560,Flat,RFlat"
+    assert knn_faiss.index_description(g, "faiss_hnsw", 1_300_000, 64) == "HNSW48"  # nothing to cut
+    off = load(None, ["graph.pca_dims=0"]).graph
+    assert knn_faiss.index_description(off, "faiss_hnsw", 1_300_000, 1536) == "HNSW48"
+    assert graph_cache.method_parameters(off, "faiss_hnsw", 10, "fp32") == {"m": 48, "ef_search": 128,
+                                                                            "recall_sample": 1000}
 
 
 def test_a_gpu_holds_the_graphs_rows_when_half_its_free_memory_covers_them():
