@@ -31,7 +31,7 @@ from pathlib import Path
 
 import method_scores as ms
 import torch
-from bench_graph import any_step
+from bench_graph import any_step, mlp_rows
 from common import Report, interleaved_seconds, quick_flag
 from method_data import SKLEARN, sklearn_dataset, sphere_dataset
 from method_tables import Results, print_tables, target_rows
@@ -97,7 +97,7 @@ def bench_dataset(results: Results, name: str, ks, seeds, extra: list, tmp: Path
 
 def step_seconds(overrides: list, quick: bool) -> dict:
     """Seconds per training step at p=1536, batch 1024 for the default objective and for stress
-    (bench_step.py's toolkit step, timed in alternating rounds)."""
+    (bench_graph.any_step, timed in alternating rounds)."""
     base = ["data.p=1536", "data.d=50", "data.spread=1.2", f"data.n={1024 * 32}", "batch_size=1024"]
     configs = {"default": load(None, base + overrides), "stress": load(None, base + overrides + ["loss=stress"])}
     cpu = torch.device("cpu")
@@ -123,8 +123,7 @@ def main():
     for row in target_rows(results):
         report.add(*row)
     seconds = step_seconds(extra, quick)
-    c = load(None, extra)
-    rows = 2 + c.graph.negatives if c.loss == "graph" else 1  # rows through the MLP per sample
+    rows = mlp_rows(load(None, extra))
     report.add(f"step p=1536 batch 1024, default objective ({rows} MLP rows per sample)", 1024 / seconds["default"],
                "samples/s")
     report.add("step p=1536 batch 1024, stress", 1024 / seconds["stress"], "samples/s")

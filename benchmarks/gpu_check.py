@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_graph import any_step
+from bench_graph import any_step, mlp_rows
 from bench_step import roofline
 from common import Report, interleaved_seconds, sync
 
@@ -215,7 +215,7 @@ def step_speed(report: Report, device, sizes: dict, peak: dict, quick: bool) -> 
             c = load(None, base + [f"loss={loss}", f"precision={precision}"])
             name = f"{loss} {precision}"
             calls[name] = any_step(c, device)
-            rows = batch * (2 + c.graph.negatives) if loss == "graph" else batch
+            rows = batch * mlp_rows(c)
             flops[name] = roofline(c, batch, device)[1] if loss == "umap" else mlp_flops(c, rows)
     seconds = interleaved_seconds(calls, device, *((2, 3) if quick else (5, 20)))
     for name, s in seconds.items():

@@ -85,10 +85,9 @@ class ClassIndex:
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         known = torch.nonzero(labels >= 0).flatten()
         self.order = known[torch.argsort(labels[known], stable=True)]
-        sorted_labels = labels[self.order]
-        self.class_of = torch.searchsorted(torch.unique(sorted_labels), sorted_labels)
-        counts = torch.bincount(self.class_of)
-        self.starts, self.counts = torch.cumsum(counts, 0) - counts, counts
+        _, self.class_of, self.counts = torch.unique_consecutive(labels[self.order], return_inverse=True,
+                                                                 return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
 
     def pairs(self, count: int, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
         """`count` (head, tail) positions: a labelled head drawn uniformly, a tail of its class."""

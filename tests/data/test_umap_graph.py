@@ -82,12 +82,12 @@ def test_labels_down_weight_edges_between_classes_and_keep_one_full_edge_per_row
     assert stronger[across].max() < supervised[across].max()
 
 
-def _loader(n=50, batch=4, world=1, rank=0, negatives=3, seed=0):
+def _loader(n=50, batch=4, world=1, rank=0, negatives=3, seed=0, labels=None, class_pairs=0.0):
     data = SimpleNamespace(seed=seed, device=torch.device("cpu"), cfg=SimpleNamespace(n=n))
     shards = SimpleNamespace(data=data, batch_size=batch, rank=rank, world=world, steps_per_epoch=n // (batch * world),
                              cached=True, points=torch.arange(n, dtype=torch.float32)[:, None])
     x = np.random.default_rng(2).normal(size=(n, 3))
-    return edge_batches.EdgeLoader(shards, umap_graph.fuzzy_edges(*_knn(x, 5)), negatives)
+    return edge_batches.EdgeLoader(shards, umap_graph.fuzzy_edges(*_knn(x, 5)), negatives, labels, class_pairs)
 
 
 def test_edge_batches_split_one_global_batch_over_ranks_and_follow_the_weights():
@@ -117,9 +117,7 @@ def test_edge_batches_split_one_global_batch_over_ranks_and_follow_the_weights()
 
 
 def _labelled_loader(labels, class_pairs, batch=8, world=1, rank=0):
-    loader = _loader(n=len(labels), batch=batch, world=world, rank=rank)
-    x = np.random.default_rng(2).normal(size=(len(labels), 3))
-    return edge_batches.EdgeLoader(loader.shards, umap_graph.fuzzy_edges(*_knn(x, 5)), 3, labels, class_pairs)
+    return _loader(n=len(labels), batch=batch, world=world, rank=rank, labels=labels, class_pairs=class_pairs)
 
 
 def test_class_pairs_replace_that_share_of_edges_with_pairs_of_one_class_and_split_over_ranks():
